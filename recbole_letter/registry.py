@@ -7,6 +7,7 @@ names case-insensitively (``sasrec`` -> ``SASRec``) and lists the known names wh
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,7 +56,10 @@ def recbole_model_names() -> tuple[str, ...]:
 
     names: set[str] = set()
     for sub in _RECBOLE_SUBMODULES:
-        package = importlib.import_module(f"recbole.model.{sub}")
+        try:  # exlib_recommender's __init__ imports the optional lightgbm and xgboost
+            package = importlib.import_module(f"recbole.model.{sub}")
+        except ImportError:
+            continue
         for info in pkgutil.iter_modules(package.__path__):
             try:
                 module = importlib.import_module(f"recbole.model.{sub}.{info.name}")
@@ -76,9 +80,12 @@ def known_model_names() -> list[str]:
     return list(_OUR_MODELS) + [n for n in recbole_model_names() if n not in _OUR_MODELS]
 
 
-def _model_config_files(name: str) -> tuple[Path, ...]:
-    path = PROPERTIES_DIR / "model" / f"{name}.yaml"
-    return (path,) if path.is_file() else ()
+def _model_config_files(name: str, model_class: type) -> tuple[Path, ...]:
+    """Default YAMLs of a model, in order. A model may list several via ``default_config_names``
+    (TIGER reads the tokenizer's LETTER.yaml before its own; RQVAE shares LETTER.yaml)."""
+    names = getattr(model_class, "default_config_names", (name,))
+    paths = (PROPERTIES_DIR / "model" / f"{n}.yaml" for n in names)
+    return tuple(p for p in paths if p.is_file())
 
 
 def _trainer_for(model_class: type, name: str) -> type:
@@ -88,6 +95,8 @@ def _trainer_for(model_class: type, name: str) -> type:
         from recbole.utils import get_trainer
 
         trainer = get_trainer(model_class.type, name)
+    if not getattr(trainer, "uses_recbole_checkpoints", True):
+        return trainer
     return compat.trusted_checkpoint_trainer(trainer)
 
 
@@ -100,9 +109,12 @@ def _find_recbole_model(name: str) -> type | None:
     lowered = name.lower()
     for sub in _RECBOLE_SUBMODULES:
         module_path = f"recbole.model.{sub}.{lowered}"
-        if importlib.util.find_spec(module_path) is None:
+        try:  # an optional dependency missing (lightgbm...) or a dotted name is just "not found"
+            if importlib.util.find_spec(module_path) is None:
+                continue
+            module = importlib.import_module(module_path)
+        except ImportError:
             continue
-        module = importlib.import_module(module_path)
         for attr, obj in vars(module).items():
             if isinstance(obj, type) and attr.lower() == lowered:
                 return obj
@@ -117,10 +129,10 @@ def resolve_model(name: str) -> ModelSpec:
     for ours in _OUR_MODELS:
         if ours.lower() == name.lower():
             cls = _load_ours(ours)
-            return ModelSpec(ours, cls, _trainer_for(cls, ours), _model_config_files(ours), "recbole_letter")
+            return ModelSpec(ours, cls, _trainer_for(cls, ours), _model_config_files(ours, cls), "recbole_letter")
     cls = _find_recbole_model(name)
     if cls is not None:
-        return ModelSpec(cls.__name__, cls, _trainer_for(cls, cls.__name__), _model_config_files(cls.__name__), "recbole")
+        return ModelSpec(cls.__name__, cls, _trainer_for(cls, cls.__name__), _model_config_files(cls.__name__, cls), "recbole")
     raise UnknownModelError(
         f"Unknown model '{name}'. Fix: use one of: {', '.join(known_model_names())}."
     )

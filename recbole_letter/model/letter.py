@@ -1,0 +1,87 @@
+"""LETTER and RQVAE as RecBole models: fitting one *is* training the item tokenizer.
+
+A tokenizer does not score users, so its RecBole "evaluation" is the tokenizer quality report
+(collisions, utilisation, entropy, Gini, CF-neighbour agreement); that way
+``--model=RQVAE,LETTER`` puts both side by side in the usual results table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.trainer import AbstractTrainer
+from recbole.utils import InputType, ModelType
+
+from recbole_letter.tokenization.stage import ItemTokenizer, build_report, load_or_fit_tokenizer, publish
+
+
+class TokenizerTrainer(AbstractTrainer):
+    """Fits the tokenizer through the cached semantic-ID stage; ``evaluate`` returns its report."""
+
+    # Tokenizers are stored in the stage cache, not as RecBole .pth checkpoints.
+    uses_recbole_checkpoints = False
+
+    def __init__(self, config: Any, model: "LETTER") -> None:
+        super().__init__(config, model)
+        self.logger = logging.getLogger("recbole_letter")
+        self.saved_model_file = None
+        self.train_loss_dict: dict[int, float] = {}
+        self.artefacts: dict[str, str] = {}
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        dataset = train_data._dataset
+        tok = load_or_fit_tokenizer(self.config, dataset, self.model.method)
+        report = dict(build_report(tok, self.config, dataset))
+        fit_stats = json.loads((tok.entry / "fit.json").read_text(encoding="utf-8")) if tok.entry else {}
+        report["fit_seconds"] = float(fit_stats.get("fit_seconds", float("nan")))
+        self.train_loss_dict = dict(enumerate(fit_stats.get("history", {}).get("total", [])))
+        self.artefacts = publish(tok, self.config, self.model.method)
+        if tok.entry is not None:
+            self.artefacts["cache_entry"] = str(tok.entry)
+        if verbose:
+            self.logger.info("semantic IDs written to %s, code-usage plot %s", self.artefacts["index"], self.artefacts["plot"])
+        self.model.tokenizer = tok
+        self.model.report = report
+        score = report["cf_neighbour_agreement"]
+        if callback_fn is not None:
+            callback_fn(0, score)
+        return score, report
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if self.model.report is None:
+            raise RuntimeError("the tokenizer has not been fitted yet: call fit() before evaluate()")
+        return dict(self.model.report)
+
+
+class LETTER(GeneralRecommender):
+    """Learnable item tokenizer (RQ-VAE + CF contrastive + diversity regularisation)."""
+
+    type = ModelType.GENERAL
+    input_type = InputType.POINTWISE
+    trainer_class = TokenizerTrainer
+    method = "LETTER"
+
+    def __init__(self, config: Any, dataset: Any) -> None:
+        super().__init__(config, dataset)
+        # RecBole expects parameters on a model; the tokenizer network lives in ``tokenizer``.
+        self.placeholder = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.tokenizer: ItemTokenizer | None = None
+        self.report: dict[str, float] | None = None
+
+    def calculate_loss(self, interaction):
+        raise NotImplementedError(f"{type(self).__name__} is fitted by TokenizerTrainer, not by batches")
+
+    def predict(self, interaction):
+        raise NotImplementedError(f"{type(self).__name__} is an item tokenizer; it does not score items")
+
+    full_sort_predict = predict
+
+
+class RQVAE(LETTER):
+    """TIGER's original tokenizer: LETTER with the collaborative and diversity terms off."""
+
+    method = "RQVAE"
+    default_config_names = ("LETTER",)
