@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from recbole_letter import compat
 from recbole_letter.data.bundled import check_inter_columns, resolve_dataset_dir
@@ -131,10 +132,19 @@ def build_config(
     return config, spec
 
 
-def _split_fingerprint(dataset: Any) -> str:
-    """Identify a split by its sizes so a multi-model table can prove all rows share one split."""
-    text = f"{dataset.user_num}|{dataset.item_num}|{dataset.inter_num}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def _split_fingerprint(*datasets: Any) -> str:
+    """Identify a split by its evaluation rows so a multi-model table can prove all rows share one split.
+
+    Hashes the sorted (user, item) tokens of each given split (valid, test): these are the same for
+    sequential and general models on one split, whereas dataset sizes are not (sequential data
+    augmentation rewrites ``inter_feat`` in place).
+    """
+    digest = hashlib.sha256()
+    for ds in datasets:
+        users = ds.id2token(ds.uid_field, ds.inter_feat[ds.uid_field].numpy())
+        items = ds.id2token(ds.iid_field, ds.inter_feat[ds.iid_field].numpy())
+        digest.update("\n".join(sorted(f"{u}\t{i}" for u, i in zip(users, items))).encode() + b"|")
+    return digest.hexdigest()[:12]
 
 
 def run_recbole_letter(
@@ -143,8 +153,14 @@ def run_recbole_letter(
     config_files: Sequence[str] | None = None,
     config_dict: dict | None = None,
     saved: bool = True,
+    epoch_callback: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one model; returns RecBole-style results plus timing."""
+    """Train and evaluate one model; returns RecBole-style results plus timing.
+
+    ``epoch_callback(epoch_idx, valid_score)`` is RecBole's ``callback_fn``: the trainer calls it
+    after every validation, which is how a Ray Tune trial reports per-epoch scores so a scheduler
+    (ASHA) can stop bad trials early.
+    """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed
 
@@ -162,9 +178,18 @@ def run_recbole_letter(
     logger.info(net)
     trainer = spec.trainer_class(config, net)
 
+    fit_kwargs: dict[str, Any] = {}
+    if epoch_callback is not None:
+        if _accepts_callback(trainer.fit):
+            fit_kwargs["callback_fn"] = epoch_callback
+        else:
+            LOGGER.warning(
+                "%s.fit has no callback_fn: no per-epoch validation reports (a tuning scheduler sees only "
+                "the final result). Fix: use --tune_scheduler=fifo for this model.", type(trainer).__name__
+            )
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
     )
     fit_seconds = time.perf_counter() - started
     epochs = len(getattr(trainer, "train_loss_dict", {}) or {}) or None
@@ -179,9 +204,15 @@ def run_recbole_letter(
         "fit_seconds": round(fit_seconds, 2),
         "epochs": epochs,
         "seconds_per_epoch": round(fit_seconds / epochs, 2) if epochs else None,
-        "split": _split_fingerprint(data),
+        "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
     }
+
+
+def _accepts_callback(fit: Callable[..., Any]) -> bool:
+    """Whether a trainer's ``fit`` takes RecBole's ``callback_fn`` (tree-model trainers do not)."""
+    params = inspect.signature(fit).parameters
+    return "callback_fn" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _to_float(value: Any) -> Any:
@@ -260,6 +291,8 @@ def run_models(
     rewritten after every model so finished results are never lost.
     """
     specs = [resolve_model(m) for m in models]  # unknown names fail before any training
+    for spec in specs:  # so do config/data errors (missing dataset or column, bad metric, bad file)
+        build_config(spec, dataset, config_files, config_dict)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     root = Path(results_dir or (config_dict or {}).get("checkpoint_dir") or "saved") / "results"
     out = root / f"{dataset}-{'-'.join(s.name for s in specs)}-{stamp}.json"
