@@ -1,0 +1,321 @@
+"""``--tune``: the .hyper parser, the result table/YAML helpers, and one real 2-trial Ray search.
+
+One torch thread and a clean ``sys.argv`` come from ``conftest.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import recbole_letter  # noqa: F401  (compat shims before RecBole/Ray)
+from recbole_letter.hyper import HyperFileError, parse_hyper_file, parse_hyper_text, parse_line
+from recbole_letter.registry import PROPERTIES_DIR
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def test_each_distribution_parses_with_recbole_semantics() -> None:
+    params = parse_hyper_text(
+        """
+        # a comment line, then a blank one
+
+        learning_rate loguniform -8,0
+        hidden_size choice [64, 128]
+        dropout_prob uniform 0.1,0.5   # trailing comment
+        n_layers quniform 1,3,1
+        weight_decay quniform 0.0,0.1,0.05
+        n_heads randint 1,4
+        seed randint 3
+        loss_type choice ['CE', 'BPR']  # comment after a list
+        tag choice ['a#b']
+        """
+    )
+    by = {p.name: p for p in params}
+    assert [p.name for p in params][:3] == ["learning_rate", "hidden_size", "dropout_prob"]
+    lr = by["learning_rate"]
+    assert lr.kind == "loguniform" and (lr.low, lr.high) == (-8.0, 0.0)
+    assert lr.value_range == pytest.approx((math.exp(-8), 1.0))  # natural-log exponents, like hyperopt
+    assert by["hidden_size"].choices == (64, 128)
+    assert (by["dropout_prob"].low, by["dropout_prob"].high) == (0.1, 0.5)
+    assert by["n_layers"].integer and by["n_layers"].q == 1
+    assert not by["weight_decay"].integer and by["weight_decay"].q == 0.05
+    assert (by["n_heads"].low, by["n_heads"].high) == (1, 4) and by["n_heads"].value_range == (1, 3)
+    assert (by["seed"].low, by["seed"].high) == (0, 3)
+    assert by["loss_type"].choices == ("CE", "BPR")
+    assert by["tag"].choices == ("a#b",)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("learning_rate loguniform", "needs three fields"),
+        ("learning_rate gaussian 0,1", "unknown type 'gaussian'"),
+        ("learning_rate loguniform 0", "expected learning_rate loguniform low,high"),
+        ("learning_rate uniform 0.5,0.1", "must be smaller than high"),
+        ("learning_rate uniform a,1", "'a' is not a number"),
+        ("learning_rate uniform 0,inf", "not finite"),
+        ("hidden_size choice [64,", "not a Python literal list"),
+        ("hidden_size choice []", "non-empty list"),
+        ("hidden_size choice 64", "non-empty list"),
+        ("hidden_size choice __import__('os')", "not a Python literal list"),
+        ("n_layers quniform 1,3", "low,high,q"),
+        ("n_layers quniform 1,3,0", "must be positive"),
+        ("n_heads randint 1.5,4", "must be integers"),
+        ("n_heads randint 4,1", "must be smaller than high"),
+        ("bad-name choice [1]", "is not a config key"),
+    ],
+)
+def test_bad_lines_give_one_line_errors_with_location_and_fix(line: str, fragment: str) -> None:
+    with pytest.raises(HyperFileError) as info:
+        parse_line(line, "space.hyper:3")
+    message = str(info.value)
+    assert fragment in message
+    assert message.startswith("space.hyper:3: ") and "Fix:" in message and "\n" not in message
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(HyperFileError, match="defined twice"):
+        parse_hyper_text("a choice [1]\na choice [2]\n", "x.hyper")
+    with pytest.raises(HyperFileError, match="no parameters found"):
+        parse_hyper_text("# only a comment\n", "x.hyper")
+    with pytest.raises(HyperFileError, match="not found"):
+        parse_hyper_file(tmp_path / "missing.hyper")
+
+
+@pytest.mark.parametrize("model", ["SASRec", "LETTER", "TIGER"])
+def test_shipped_hyper_files_parse_and_name_existing_keys(model: str) -> None:
+    from recbole_letter.quick_start import build_config  # noqa: F401  (imports RecBole)
+    params = parse_hyper_file(PROPERTIES_DIR / "hyper" / f"{model}.hyper")
+    assert params
+    model_yaml = PROPERTIES_DIR / "model" / f"{model}.yaml"
+    if model_yaml.is_file():  # ours: every tuned key has a documented default
+        defaults = yaml.safe_load(model_yaml.read_text())
+        assert {p.name for p in params} <= set(defaults)
+
+
+def test_ray_domains_match_hyperopt_distributions() -> None:
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from recbole_letter.tuning import ray_domain
+
+    params = {p.name: p for p in parse_hyper_text(
+        "lr loguniform -8,0\nh choice [16,32]\nd uniform 0.1,0.5\nq quniform 16,64,16\nf quniform 0,1,0.25\nr randint 1,3\n"
+    )}
+    rng = 0
+    lr = ray_domain(params["lr"])
+    assert isinstance(lr, Float) and lr.lower == pytest.approx(math.exp(-8)) and lr.upper == pytest.approx(1.0)
+    assert isinstance(ray_domain(params["h"]), Categorical)
+    samples = {name: ray_domain(p).sample(size=200, random_state=rng) for name, p in params.items()}
+    assert all(math.exp(-8) <= v <= 1.0 for v in samples["lr"])
+    assert set(samples["h"]) == {16, 32}
+    assert all(0.1 <= v <= 0.5 for v in samples["d"])
+    assert isinstance(ray_domain(params["q"]), Integer) and set(int(v) for v in samples["q"]) <= {16, 32, 48, 64}
+    assert all(float(v / 0.25).is_integer() and 0 <= v <= 1 for v in samples["f"])
+    assert set(int(v) for v in samples["r"]) == {1, 2}  # high excluded
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _row(trial: str, status: str, score: float | None, test: float | None = None, error: str | None = None) -> dict:
+    return {
+        "trial": trial, "status": status, "params": {"hidden_size": 16, "learning_rate": 0.00123456},
+        "best_valid_score": score, "test": None if test is None else {"ndcg@10": test},
+        "epochs": 1, "error": error,
+    }
+
+
+def test_rows_sort_by_validation_and_best_is_a_finished_trial() -> None:
+    from recbole_letter.tuning import best_row, sort_rows, trials_table
+
+    rows = [_row("a", "ok", 0.2, 0.1), _row("b", "error", None, error="ValueError: x"), _row("c", "stopped", 0.5),
+            _row("d", "ok", 0.3, 0.25)]
+    ordered = sort_rows(rows, bigger=True)
+    assert [r["trial"] for r in ordered] == ["c", "d", "a", "b"]
+    assert best_row(ordered)["trial"] == "d"
+    assert [r["trial"] for r in sort_rows(rows, bigger=False)] == ["a", "d", "c", "b"]
+    table = trials_table(ordered, ["hidden_size", "learning_rate"], "NDCG@10").splitlines()
+    assert table[0] == "| rank | trial | status | hidden_size | learning_rate | valid NDCG@10 | test NDCG@10 | epochs | error |"
+    assert table[3].startswith("| 2 | d | ok | 16 | 0.001235 | 0.3000 | 0.2500 | 1 |")
+    assert table[-1].endswith("| ValueError: x |")
+
+
+def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recbole_letter.tuning import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "emb.npy").write_bytes(b"")
+    fixed = absolute_paths({"data_path": "data/", "item_embedding_file": "emb.npy", "text_encoder": "minilm",
+                            "item_tokenizer": "LETTER", "missing_file": "nothing/here.npy"})
+    assert fixed == {
+        "data_path": str(tmp_path / "data"),
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "item_embedding_file": str(tmp_path / "emb.npy"),
+    }
+
+
+def test_trial_params_precedence_and_per_trial_settings(tmp_path: Path) -> None:
+    from recbole_letter.tuning import TrialJob, trial_params
+
+    job = TrialJob("SASRec", "tiny", (), {"learning_rate": "0.1", "epochs": "3"}, str(tmp_path), str(tmp_path / "t"),
+                   saved=True, cpus_per_trial=2.0, gpus_per_trial=0.0)
+    params = trial_params(job, {"learning_rate": np.float64(0.01), "layers": (1, 2)}, tmp_path / "t" / "x", [])
+    assert params["learning_rate"] == 0.01 and type(params["learning_rate"]) is float  # sampled beats overrides
+    assert params["layers"] == [1, 2] and params["epochs"] == "3"
+    assert params["checkpoint_dir"] == str(tmp_path / "t" / "x") and params["gpu_id"] == "" and params["torch_num_threads"] == 2
+    gpu_job = TrialJob("SASRec", "tiny", (), {"torch_num_threads": "1"}, str(tmp_path), str(tmp_path), True, 1.0, 1.0)
+    gpu_params = trial_params(gpu_job, {}, tmp_path, [3])
+    assert gpu_params["gpu_id"] == "3" and gpu_params["torch_num_threads"] == "1"  # the user's setting wins
+
+
+def test_prepare_study_makes_paths_absolute_and_types_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recbole_letter.cli import build_parser
+    from recbole_letter.tuning import _documented_keys, prepare_study
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_dataset(tmp_path / "data")
+    (tmp_path / "s.hyper").write_text("learning_rate loguniform -8,-4\n")
+    (tmp_path / "extra.yaml").write_text("epochs: 1\n")
+    args = build_parser().parse_args(["--model=SASRec", "--dataset=tiny", "--tune", "--params_file=s.hyper"])
+    study = prepare_study(args, ["SASRec"], ["extra.yaml"], {"data_path": "data", "topk": "[5,10]"})
+    assert study.job.config_files == (str(tmp_path / "extra.yaml"),)
+    assert study.job.overrides["data_path"] == str(tmp_path / "data")
+    assert study.job.checkpoint_dir == str(tmp_path / "saved") and study.storage == str(tmp_path / "saved" / "ray_results")
+    assert study.best_config_overrides == {"data_path": "data", "topk": [5, 10]}
+    assert study.valid_metric == "NDCG@10" and study.bigger
+    assert {"alpha", "beta", "tokenizer_learning_rate", "tau"} <= _documented_keys()  # TIGER may tune LETTER keys
+
+
+def test_timing_summary_separates_ray_overhead_from_idle_slots() -> None:
+    from recbole_letter.tuning import timing_summary
+
+    # 2 slots, 3 trials: a and b start after 5 s of worker start-up, c reuses a's slot 0.1 s later;
+    # b's slot is idle from 60 s until the study ends at 100 s.
+    rows = [
+        {"run_seconds": 50.0, "entered_s": 5.0, "exited_s": 55.0},
+        {"run_seconds": 55.0, "entered_s": 5.0, "exited_s": 60.0},
+        {"run_seconds": 44.9, "entered_s": 55.1, "exited_s": 100.0},
+    ]
+    summary = timing_summary(rows, wall=100.0, slots=2, init_seconds=3.0)
+    assert summary["idle_slot_seconds_at_end"] == 40.0 and summary["first_trial_start_seconds"] == 5.0
+    assert summary["overhead_per_trial_seconds"] == pytest.approx((200 - 149.9 - 40) / 3, abs=0.01)
+    assert "overhead_per_trial_seconds" not in timing_summary([{"run_seconds": None}], 10.0, 1, 0.0)
+
+
+def test_describe_error_unwraps_ray_tracebacks() -> None:
+    from recbole_letter.tuning import describe_error
+
+    assert describe_error(None) is None
+    assert describe_error(ValueError("bad size")) == "ValueError: bad size"
+    text = "ray::ImplicitFunc.train()\n  File 'x.py', line 1\nValueError: The hidden size (-5) is bad"
+    assert describe_error(RuntimeError(text)) == "ValueError: The hidden size (-5) is bad"
+
+
+# ----------------------------------------------------------------------------- end to end through Ray
+
+
+def _tiny_dataset(root: Path, users: int = 30, items: int = 15, per_user: int = 8) -> Path:
+    rng = random.Random(0)
+    folder = root / "tiny"
+    folder.mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(users):
+        for t, i in enumerate(rng.sample(range(items), per_user)):
+            lines.append(f"u{u}\ti{i}\t{1000 * u + t}")
+    (folder / "tiny.inter").write_text("\n".join(lines) + "\n")
+    return root
+
+
+_TINY_SASREC = [
+    "--epochs=1", "--n_layers=1", "--n_heads=2", "--inner_size=32", "--MAX_ITEM_LIST_LENGTH=5",
+    "--train_batch_size=64", "--eval_batch_size=64", "--topk=[5,10]",
+]
+
+
+def test_errors_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recbole_letter.cli import main
+
+    data = _tiny_dataset(tmp_path / "data")
+    base = ["--dataset=tiny", f"--data_path={data}", "--tune", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    with pytest.raises(SystemExit, match="tune one model at a time"):
+        main(["--model=SASRec,GRU4Rec", *base, "--params_file=x.hyper"])
+    with pytest.raises(SystemExit, match="needs a search space"):
+        main(["--model=SASRec", *base])
+    typo = tmp_path / "typo.hyper"
+    typo.write_text("learing_rate loguniform -8,0\n")
+    with pytest.raises(SystemExit, match=r"\['learing_rate'\] are not config keys of SASRec"):
+        main(["--model=SASRec", *base, f"--params_file={typo}", *_TINY_SASREC])
+    reserved = tmp_path / "reserved.hyper"
+    reserved.write_text("data_path choice ['a','b']\n")
+    with pytest.raises(SystemExit, match="cannot be tuned"):
+        main(["--model=SASRec", *base, f"--params_file={reserved}"])
+    assert not (tmp_path / "saved" / "ray_results").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One small local Ray for the module (start-up costs seconds); run_tuning reuses it."""
+    import ray
+
+    from recbole_letter.compat import ray_worker_setup
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"worker_process_setup_hook": ray_worker_setup})
+    yield ray
+    ray.shutdown()
+
+
+def test_two_trial_search_one_trial_crashes(
+    local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from recbole_letter.cli import main
+    from recbole_letter.quick_start import build_config
+
+    monkeypatch.chdir(tmp_path)
+    data = _tiny_dataset(tmp_path / "data")
+    space = tmp_path / "tiny.hyper"
+    # hidden_size -5 makes SASRec raise at construction; seed 1 samples both values (asserted below).
+    space.write_text("hidden_size choice [16,-5]\nlearning_rate loguniform -7,-4\n")
+    code = main([
+        "--model=SASRec", "--dataset=tiny", "--data_path=data", "--tune", f"--params_file={space.name}",
+        "--tune_samples=2", "--tune_cpus_per_trial=1", "--seed=1", "--checkpoint_dir=saved", *_TINY_SASREC,
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+
+    tune_dirs = list((tmp_path / "saved" / "tune").iterdir())
+    assert len(tune_dirs) == 1
+    payload = json.loads((tune_dirs[0] / "trials.json").read_text())
+    rows = payload["trials"]
+    assert sorted(r["params"]["hidden_size"] for r in rows) == [-5, 16], "seed 1 no longer samples both values"
+    good = next(r for r in rows if r["params"]["hidden_size"] == 16)
+    bad = next(r for r in rows if r["params"]["hidden_size"] == -5)
+    assert rows[0] is not bad and rows[-1]["trial"] == bad["trial"]  # sorted: scored trials first
+    assert bad["status"] == "error" and "negative dimension -5" in bad["error"] and "\n" not in bad["error"]
+    assert good["status"] == "ok" and good["error"] is None
+    assert 0.0 <= good["best_valid_score"] <= 1.0 and "ndcg@10" in good["test"] and "ndcg@10" in good["valid"]
+    assert math.exp(-7) <= good["params"]["learning_rate"] <= math.exp(-4)
+    # per-trial checkpoint dir (RecBole names checkpoints by the second), stage cache shared by symlink
+    trial_dir = Path(good["checkpoint"]).parent
+    assert Path(good["checkpoint"]).is_file() and trial_dir.parent == tune_dirs[0] / "trials"
+    assert (trial_dir / "stages").resolve() == (tmp_path / "saved" / "stages").resolve()
+    assert Path(payload["ray_results"]).is_dir() and str(tmp_path / "saved" / "ray_results") in payload["ray_results"]
+
+    # printed summary: the table, the best config, the Ray directory
+    assert "| rank | trial | status | hidden_size | learning_rate | valid NDCG@10 | test NDCG@10 |" in out
+    assert f"Ray results: {payload['ray_results']}" in out
+
+    best_file = Path(payload["best_config"])
+    best = yaml.safe_load(best_file.read_text())
+    assert best["hidden_size"] == 16 and best["learning_rate"] == pytest.approx(good["params"]["learning_rate"])
+    assert best["epochs"] == 1 and best["topk"] == [5, 10] and best["data_path"] == "data"  # typed overrides
+    assert "seed" in best and "checkpoint_dir" in best
+    config, _ = build_config("SASRec", "tiny", [str(best_file)])  # loads back through the normal cascade
+    assert config["hidden_size"] == 16 and config["epochs"] == 1 and config["topk"] == [5, 10]
+    assert config["learning_rate"] == pytest.approx(good["params"]["learning_rate"])
