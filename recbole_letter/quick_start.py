@@ -10,17 +10,15 @@ import contextlib
 import datetime as _dt
 import hashlib
 import inspect
-import json
 import logging
-import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from recbole_letter import compat
+from recbole_letter.atomic import write_json_atomic
 from recbole_letter.data.bundled import check_inter_columns, resolve_dataset_dir
 from recbole_letter.registry import PROPERTIES_DIR, ModelSpec, resolve_model
 
@@ -261,20 +259,6 @@ def results_table(results: Sequence[dict[str, Any]], split: str = "test_result")
             cells.append(str(res.get("error", "")).replace("|", "/").replace("\n", " ")[:200])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_json_atomic(payload: Any, path: Path) -> Path:
-    """Write JSON via a temp file + rename so a crash never leaves a truncated results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def run_models(

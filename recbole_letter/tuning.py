@@ -44,13 +44,13 @@ import inspect
 import logging
 import math
 import os
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from recbole_letter.atomic import write_text_atomic
 from recbole_letter.hyper import HyperFileError, HyperParam, parse_hyper_file
 
 LOGGER = logging.getLogger("recbole_letter")
@@ -584,20 +584,6 @@ def trials_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], valid_
     return "\n".join(lines)
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    """Temp file + rename, like ``write_json_atomic``: never a half-written config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def best_config_yaml(study: Study, row: Mapping[str, Any], n_trials: int, path: Path) -> str:
     """YAML for ``--config_files``: the command-line overrides, then the best trial's tuned keys."""
     import yaml
@@ -685,7 +671,7 @@ def run_tuning(
     best_path = None
     if best is not None:
         best_path = study.experiment_dir / "best_config.yaml"
-        _write_text_atomic(best_config_yaml(study, best, len(rows), best_path), best_path)
+        write_text_atomic(best_path, best_config_yaml(study, best, len(rows), best_path))
     timing = timing_summary(rows, wall, slots, init_seconds)
     payload = {
         "model": study.model,

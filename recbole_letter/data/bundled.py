@@ -7,9 +7,9 @@ folder always wins, the bundled copies are a fallback, and anything else is a cl
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
+
+from recbole_letter.atomic import atomic_open
 
 BUNDLED = {
     # name -> (python package that ships it, folder inside that package)
@@ -53,15 +53,9 @@ def _normalise_line_endings(src: Path, dst: Path) -> Path:
         target = dst / file.name
         if target.is_file() and target.stat().st_size > 0:
             continue
-        fd, tmp = tempfile.mkstemp(dir=dst, prefix=f".{file.name}.")
-        try:
-            with open(file, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                for line in fin:
-                    fout.write(line.replace(b"\r\n", b"\n"))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with open(file, "rb") as fin, atomic_open(target, "wb") as fout:
+            for line in fin:
+                fout.write(line.replace(b"\r\n", b"\n"))
     return dst
 
 

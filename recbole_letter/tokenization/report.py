@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from recbole_letter.atomic import atomic_open
 from recbole_letter.tokenization.semantic_ids import _as_code_table, _check_sizes, count_collisions
 
 __all__ = [
@@ -234,13 +234,6 @@ def plot_code_usage(
         ax.legend(fontsize=7)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     return path

@@ -25,11 +25,12 @@ import json
 import os
 import re
 import string
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from recbole_letter.atomic import write_text_atomic
 
 __all__ = [
     "LEVEL_LETTERS",
@@ -402,21 +403,6 @@ def _token_strings(codes: np.ndarray) -> np.ndarray:
     return np.stack(cols, axis=1) if codes.shape[0] else np.zeros((0, codes.shape[1]), dtype=str)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory + ``os.replace`` so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_item_tokens(item_tokens: Sequence[Any]) -> np.ndarray:
     """Dataset item tokens as a str array; duplicates would make the item -> codes map ambiguous."""
     toks = np.asarray([str(t) for t in item_tokens], dtype=str) if len(item_tokens) else np.zeros(0, str)
@@ -442,7 +428,7 @@ def export_index_json(codes: np.ndarray, item_tokens: Sequence[str], path: str |
         )
     strings = _token_strings(codes).tolist()
     path = Path(path)
-    _atomic_write_text(path, json.dumps(dict(zip(toks.tolist(), strings))))
+    write_text_atomic(path, json.dumps(dict(zip(toks.tolist(), strings))))
     return path
 
 
