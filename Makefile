@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # one torch thread on shared CPUs: 2 threads under contention run 2-5x slower (RECBOLE_NOTES.md)
 THREADS ?= 1
-DEMO_MODELS ?= SASRec
+DEMO_MODELS ?= SASRec,TIGER
 
 .PHONY: install demo test bench clean
 
