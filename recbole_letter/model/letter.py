@@ -1,8 +1,10 @@
 """LETTER and RQVAE as RecBole models: fitting one *is* training the item tokenizer.
 
 A tokenizer does not score users, so its RecBole "evaluation" is the tokenizer quality report
-(collisions, utilisation, entropy, Gini, CF-neighbour agreement); that way
-``--model=RQVAE,LETTER`` puts both side by side in the usual results table.
+(collisions, utilisation, entropy, Gini, CF-neighbour agreement and its lift over chance); that
+way ``--model=RQVAE,LETTER`` puts both side by side in the usual results table. The "valid score"
+(what ``--tune`` maximises) is the CF-agreement lift: raw agreement is maximised by collapsing
+every item onto one code.
 """
 from __future__ import annotations
 
@@ -15,7 +17,14 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.trainer import AbstractTrainer
 from recbole.utils import InputType, ModelType
 
-from recbole_letter.tokenization.stage import ItemTokenizer, build_report, load_or_fit_tokenizer, publish
+from recbole_letter.tokenization.cf_embeddings import check_cf_config
+from recbole_letter.tokenization.stage import (
+    ItemTokenizer,
+    build_report,
+    load_or_fit_tokenizer,
+    publish,
+    tokenizer_config_from,
+)
 
 
 class TokenizerTrainer(AbstractTrainer):
@@ -45,7 +54,8 @@ class TokenizerTrainer(AbstractTrainer):
             self.logger.info("semantic IDs written to %s, code-usage plot %s", self.artefacts["index"], self.artefacts["plot"])
         self.model.tokenizer = tok
         self.model.report = report
-        score = report["cf_neighbour_agreement"]
+        # the lift over chance, not the raw agreement, which a collapsed codebook maximises
+        score = report["cf_agreement_lift"]
         if callback_fn is not None:
             callback_fn(0, score)
         return score, report
@@ -66,6 +76,9 @@ class LETTER(GeneralRecommender):
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
+        # Config errors surface here, before the text-embedding and CF stages spend minutes.
+        tokenizer_config_from(config, self.method)
+        check_cf_config(config)
         # RecBole expects parameters on a model; the tokenizer network lives in ``tokenizer``.
         self.placeholder = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
         self.tokenizer: ItemTokenizer | None = None

@@ -54,6 +54,13 @@ def _cf_settings(config: Any) -> tuple[str, int, dict]:
     return matches[0], epochs, dict(overrides)
 
 
+def check_cf_config(config: Any) -> None:
+    """Raise the clear error for a bad ``cf_model`` / ``cf_epochs`` / ``cf_config`` now, before
+    any stage runs (nothing to check when ``cf_embedding_file`` supplies the matrix)."""
+    if not config["cf_embedding_file"]:
+        _cf_settings(config)
+
+
 def _extract_item_embeddings(model: Any) -> np.ndarray:
     """Final item representations of a trained RecBole model, internal-id order."""
     import torch

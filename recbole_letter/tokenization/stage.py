@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,12 @@ CONFIG_KEYS: dict[str, str] = {
     "sinkhorn_iters": "sinkhorn_iters",
     "alpha": "alpha",
     "beta": "beta",
+    "cf_similarity": "cf_similarity",
     "cf_temperature": "cf_temperature",
     "div_temperature": "div_temperature",
     "n_div_clusters": "n_div_clusters",
     "div_refresh_every": "div_refresh_every",
+    "restart_dead_codes_every": "restart_dead_codes_every",
     "tokenizer_learning_rate": "lr",
     "tokenizer_weight_decay": "weight_decay",
     "tokenizer_batch_size": "batch_size",
@@ -81,7 +84,7 @@ def _array_digest(array: np.ndarray | None) -> str | None:
     return hashlib.sha256(str(data.shape).encode() + data.tobytes()).hexdigest()
 
 
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
+def normalise_cf_rows(x: np.ndarray) -> np.ndarray:
     """Unit-norm CF rows: raw CF embeddings can have norms far above the code space's, which lets
     the dot-product InfoNCE be lowered by shrinking the encoder output and collapses the codes
     (measured: 32-d N(0,1) vectors left 3 first-level codes in use after 5 epochs)."""
@@ -89,7 +92,8 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _item_tokens(dataset: Any) -> list[str]:
+def item_tokens(dataset: Any) -> list[str]:
+    """Original item tokens of RecBole internal ids 1..item_num-1 (the rows of every matrix here)."""
     return [str(t) for t in dataset.id2token(dataset.iid_field, np.arange(1, dataset.item_num))]
 
 
@@ -109,7 +113,7 @@ class ItemTokenizer:
     def table_for(self, dataset: Any) -> np.ndarray:
         """Internal-id-aligned table ``[item_num, L']`` with row 0 = -1 (padding)."""
         row = {t: i for i, t in enumerate(self.tokens)}
-        wanted = _item_tokens(dataset)
+        wanted = item_tokens(dataset)
         missing = [t for t in wanted if t not in row]
         if missing:
             raise ValueError(
@@ -131,11 +135,26 @@ class ItemTokenizer:
             residuals = self.model.quantize(z, use_sinkhorn=False)[2]
             return squared_distances(residuals[:, -1], self.model.codebooks[-1]).numpy()
 
-    def tokenize_items(self, embeddings: np.ndarray) -> np.ndarray:
+    def tokenize_items(
+        self,
+        embeddings: np.ndarray,
+        tokens: list[str] | None = None,
+        extra_level_size: int | None = None,
+    ) -> np.ndarray:
         """IDs for items the tokenizer never saw (cold start), unique against all existing items.
 
         Nearest codes per level (no Sinkhorn: it balances only across the rows it is given), then
-        the same collision rules as fitting; existing items' IDs never change.
+        the collision rules of :func:`~.semantic_ids.assign_new_items`: a new item whose tuple is
+        taken moves to the nearest free last-level code of its prefix; if the table has an extra
+        disambiguation level, a still-colliding item takes the next free extra value. Existing
+        items' IDs never change.
+
+        ``extra_level_size`` caps that extra value. The default (``None``) is the size the table
+        already has, i.e. what a generator trained on it can emit; anything larger produces IDs
+        the trained generator cannot decode, so pass it only when the generator's vocabulary is
+        known to be larger (or will be retrained). When ``tokens`` (one per row) is given, the
+        new items are appended to this tokenizer, so later calls stay unique against them and
+        :meth:`table_for` / exports include them.
         """
         if self.model is None:
             raise ValueError("this tokenizer was imported from an index.json; it has no model to encode new items")
@@ -144,16 +163,23 @@ class ItemTokenizer:
             raise ValueError(f"new item embeddings must be [n, {self.model.in_dim}], got {emb.shape}")
         if not np.isfinite(emb).all():
             raise ValueError("new item embeddings contain NaN/inf. Fix: clean or re-encode those items.")
+        if tokens is not None:
+            tokens = [str(t) for t in tokens]
+            if len(tokens) != emb.shape[0]:
+                raise ValueError(f"{len(tokens)} tokens for {emb.shape[0]} embedding rows; give one token per row")
+            repeated = [t for t, c in Counter(tokens).items() if c > 1]
+            clash = sorted(set(tokens) & set(self.tokens)) or sorted(repeated)
+            if clash:
+                raise ValueError(f"item tokens {clash[:5]} already have semantic IDs or repeat; give new, distinct tokens")
         self.model.eval()
         with torch.no_grad():
             new_codes = self.model.get_codes(torch.from_numpy(emb), use_sinkhorn=False).numpy().astype(np.int64)
-        extra = self.codes.shape[1] > new_codes.shape[1]
-        return assign_new_items(
-            self.codes,
-            new_codes,
-            self.last_level_distances(emb),
-            extra_level_size=int(self.codes[:, -1].max()) + 1 + len(emb) if extra else None,
-        )
+        assigned = assign_new_items(self.codes, new_codes, self.last_level_distances(emb), extra_level_size)
+        if tokens is not None:
+            self.tokens = [*self.tokens, *tokens]
+            self.codes = np.concatenate([self.codes, assigned], axis=0)
+            self.raw_codes = np.concatenate([self.raw_codes, new_codes], axis=0)
+        return assigned
 
 
 def _fit_arrays(
@@ -203,7 +229,7 @@ def _method(config: Any) -> str:
 def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) -> ItemTokenizer:
     """The dataset's tokenizer: imported from an index.json path, or fitted (cached)."""
     method = method or _method(config)
-    tokens = _item_tokens(dataset)
+    tokens = item_tokens(dataset)
     if method not in METHODS:
         path = Path(method)
         if not path.is_file():
@@ -226,7 +252,7 @@ def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) 
     from recbole_letter.tokenization.cf_embeddings import item_cf_embeddings
 
     emb = item_text_embeddings(config, dataset)[1:]
-    cf = _normalise_rows(item_cf_embeddings(config, dataset)[1:]) if cfg.alpha > 0 else None
+    cf = normalise_cf_rows(item_cf_embeddings(config, dataset)[1:]) if cfg.alpha > 0 else None
     params = {
         "method": method,
         "tokenizer": asdict(cfg) | {"device": None},
@@ -241,17 +267,36 @@ def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) 
     return _load_entry(entry, dataset)
 
 
+def chance_agreement(first_level: np.ndarray) -> float:
+    """Probability that two distinct random items share a first-level code:
+    ``sum_c n_c (n_c - 1) / (n (n - 1))``. The CF-neighbour agreement a tokenizer gets for free
+    from its code-usage skew alone (all items on one code: 1.0)."""
+    counts = np.bincount(np.asarray(first_level, dtype=np.int64)).astype(np.float64)
+    n = counts.sum()
+    return float((counts * (counts - 1)).sum() / (n * (n - 1))) if n > 1 else float("nan")
+
+
 def build_report(tok: ItemTokenizer, config: Any, dataset: Any) -> dict[str, float]:
     """Quality report; CF-neighbour agreement uses the CF embeddings even for RQVAE, so that
-    LETTER and RQVAE are measured against the same neighbours."""
+    LETTER and RQVAE are measured against the same neighbours.
+
+    Besides :func:`~.report.tokenizer_report`'s keys, ``cf_agreement_lift`` is the agreement
+    divided by :func:`chance_agreement`: raw agreement rises when codes collapse (one code for
+    everything scores 1.0), the lift only when CF neighbours share codes more than random items
+    do. LETTER's collaborative claim is about the lift, and a collapsed tokenizer cannot fake it.
+    """
     from recbole_letter.tokenization.cf_embeddings import item_cf_embeddings
 
     cf = item_cf_embeddings(config, dataset)[1:]
     table = tok.table_for(dataset)[1:]
     row = {t: i for i, t in enumerate(tok.tokens)}
-    raw = tok.raw_codes[[row[t] for t in _item_tokens(dataset)]]
-    tok.report = tokenizer_report(raw, table, cf, tok.codebook_sizes)
-    return tok.report
+    raw = tok.raw_codes[[row[t] for t in item_tokens(dataset)]]
+    report = tokenizer_report(raw, table, cf, tok.codebook_sizes)
+    chance = chance_agreement(table[:, 0])
+    report["cf_agreement_chance"] = chance
+    report["cf_agreement_lift"] = report["cf_neighbour_agreement"] / chance if chance > 0 else float("nan")
+    tok.report = report
+    return report
 
 
 def semantic_ids_for(config: Any, dataset: Any) -> np.ndarray:

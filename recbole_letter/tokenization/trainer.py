@@ -23,11 +23,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .kmeans import balanced_kmeans
 from .losses import cf_contrastive_loss, diversity_loss
 from .rqvae import RQVAE
+
+
+CF_SIMILARITIES = ("cosine", "dot")
 
 
 @dataclass
@@ -47,7 +51,20 @@ class TokenizerConfig:
       1e-4), so the balanced clusters barely change between consecutive epochs; refreshing every
       ``div_refresh_every`` epochs keeps the groups current at a fraction of the cost. Set it to 1
       for the released behaviour.
-    * ``cf_temperature`` / ``div_temperature``: 1.0, i.e. the released code's plain dot products.
+    * ``div_temperature``: 1.0, i.e. the released code's plain dot products.
+    * ``cf_similarity`` / ``cf_temperature``: ``cosine`` / 0.1 instead of the released code's
+      plain dot product. A dot-product InfoNCE is lowered by simply growing the latent: with
+      unit-scale text embeddings (MiniLM) the encoder output norm grew 4x within 40 steps, out
+      of the support the k-means-initialised codebooks cover, so level 1 collapsed to a few
+      codes and 37% of ml-100k items collided (the RQ-VAE alone: 2%). Cosine similarity keeps
+      the alignment signal (it is what the paper's loss rewards) without the scale incentive.
+      ``cf_similarity: dot`` with ``cf_temperature: 1.0`` gives the released behaviour.
+    * ``restart_dead_codes_every``: 1 (not in the released code, which trains 20k epochs on a
+      GPU and keeps the checkpoint with the fewest collisions). After k-means initialisation
+      the encoder keeps moving its outputs and codes outside their new support never get an
+      item again; every ``restart_dead_codes_every`` epochs the codes no item was assigned to
+      during those epochs are moved back onto the data (see
+      :meth:`~.rqvae.RQVAE.restart_dead_codes`). 0 switches it off.
     """
 
     # architecture
@@ -67,10 +84,12 @@ class TokenizerConfig:
     # LETTER regularisers
     alpha: float = 0.02
     beta: float = 1e-4
-    cf_temperature: float = 1.0
+    cf_similarity: str = "cosine"
+    cf_temperature: float = 0.1
     div_temperature: float = 1.0
     n_div_clusters: int = 10
     div_refresh_every: int = 10
+    restart_dead_codes_every: int = 1
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -97,6 +116,8 @@ class TokenizerConfig:
             "div_temperature": self.div_temperature > 0,
             "n_div_clusters": self.n_div_clusters >= 1,
             "div_refresh_every": self.div_refresh_every >= 1,
+            "restart_dead_codes_every": self.restart_dead_codes_every >= 0,
+            "cf_similarity": self.cf_similarity in CF_SIMILARITIES,
             "kmeans_iters": self.kmeans_iters >= 0,
             "sinkhorn_epsilon": self.sinkhorn_epsilon > 0,
             "sinkhorn_iters": self.sinkhorn_iters >= 1,
@@ -104,7 +125,10 @@ class TokenizerConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid tokenizer config value(s) {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            hint = f"; cf_similarity must be one of {CF_SIMILARITIES}" if "cf_similarity" in bad else ""
+            raise ValueError(
+                f"invalid tokenizer config value(s) {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}{hint}"
+            )
         sizes = self.codebook_sizes
         if len(sizes) != self.num_levels:
             raise ValueError(
@@ -135,7 +159,10 @@ class FitResult:
     """Output of :func:`fit_tokenizer`.
 
     ``history`` maps loss names (``total``, ``recon``, ``quant`` and, when active, ``cf``,
-    ``div``) to one batch-size-weighted mean per epoch. ``items_per_second`` counts training
+    ``div``) to one batch-size-weighted mean per epoch; ``restarted_codes[e]`` is the number of
+    dead codes (all levels) moved back onto the data after epoch ``e``; ``epoch_seconds`` /
+    ``epoch_cpu_seconds`` time each epoch (CPU time is what a shared machine cannot inflate,
+    but it adds up all threads of this process). ``items_per_second`` counts training
     items processed per second of the epoch loop only; ``fit_seconds`` is the wall time of the
     whole call (k-means init and final encoding included).
     """
@@ -143,6 +170,9 @@ class FitResult:
     model: RQVAE
     codes: np.ndarray  # [n, L] int64
     history: dict[str, list[float]] = field(default_factory=dict)
+    restarted_codes: list[int] = field(default_factory=list)  # dead codes restarted after each epoch
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch
+    epoch_cpu_seconds: list[float] = field(default_factory=list)  # CPU time of each epoch (this process)
     fit_seconds: float = 0.0
     items_per_second: float = 0.0
     config: TokenizerConfig | None = None
@@ -221,6 +251,35 @@ def _div_clusters(model: RQVAE, k: int, gen: torch.Generator) -> list[torch.Tens
     return [balanced_kmeans(book.detach(), k, seed=gen).to(book.device) for book in model.codebooks]
 
 
+def _cf_loss(z_q: torch.Tensor, cf: torch.Tensor, cfg: TokenizerConfig) -> torch.Tensor:
+    """L_CF on cosine (default) or raw dot-product similarities, see ``TokenizerConfig``."""
+    if cfg.cf_similarity == "cosine":
+        z_q, cf = F.normalize(z_q, dim=1), F.normalize(cf, dim=1)
+    return cf_contrastive_loss(z_q, cf, cfg.cf_temperature)
+
+
+@torch.no_grad()
+def _restart_dead_codes(
+    model: RQVAE, x: torch.Tensor, used: list[torch.Tensor], optimizer: torch.optim.Optimizer, cfg: TokenizerConfig,
+    gen: torch.Generator,
+) -> int:
+    """Restart the codes no item used this epoch; their stale Adam moments are cleared too."""
+    if all(bool(u.all()) for u in used):
+        return 0
+    was_training = model.training
+    model.eval()
+    try:
+        restarted = model.restart_dead_codes(_encode_all(model, x, cfg.encode_batch_size), used, gen)
+    finally:
+        model.train(was_training)
+    for book, rows in zip(model.codebooks, restarted):
+        state = optimizer.state.get(book, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                state[name][rows] = 0.0
+    return int(sum(r.numel() for r in restarted))
+
+
 def fit_tokenizer(
     embeddings: np.ndarray,
     cf_embeddings: np.ndarray | None,
@@ -231,8 +290,9 @@ def fit_tokenizer(
 
     Steps: seed everything from ``cfg.seed`` (inside a forked RNG, so the caller's global RNG is
     untouched); build the model; k-means-initialise the codebooks on all encoder outputs; train
-    with AdamW for ``cfg.epochs``; assign final codes in eval mode over the whole catalogue
-    (Sinkhorn on the last level if enabled). Same seed and inputs give identical codes.
+    with AdamW for ``cfg.epochs``, moving codes that no item used during an epoch back onto the
+    data every ``cfg.restart_dead_codes_every`` epochs; assign final codes in eval mode over the
+    whole catalogue (Sinkhorn on the last level if enabled). Same seed and inputs give identical codes.
     Codes are *not* de-duplicated here -- collision resolution is a separate step.
     """
     t0 = time.perf_counter()
@@ -266,10 +326,15 @@ def fit_tokenizer(
         history: dict[str, list[float]] = {k: [] for k in names}
         n_batches = max(1, math.ceil(n / cfg.batch_size))
         clusters: list[torch.Tensor] = []
+        restarted_codes: list[int] = []
+        # codes that got an item since the last restart check, per level
+        used = [torch.zeros(book.shape[0], dtype=torch.bool, device=device) for book in model.codebooks]
         train_seconds = 0.0
         bar = tqdm(range(cfg.epochs), desc="tokenizer", disable=not progress, leave=False)
+        epoch_seconds: list[float] = []
+        epoch_cpu_seconds: list[float] = []
         for epoch in bar:
-            te = time.perf_counter()
+            te, tc = time.perf_counter(), time.process_time()
             if use_div and epoch % cfg.div_refresh_every == 0:
                 clusters = _div_clusters(model, cfg.n_div_clusters, gen)
             model.train()
@@ -281,7 +346,7 @@ def fit_tokenizer(
                 parts = [out.recon_loss, out.quant_loss]
                 loss = out.recon_loss + out.quant_loss
                 if use_cf:
-                    cf_loss = cf_contrastive_loss(out.z_q, model.project_cf(cf_t[idx]), cfg.cf_temperature)
+                    cf_loss = _cf_loss(out.z_q, model.project_cf(cf_t[idx]), cfg)
                     loss = loss + cfg.alpha * cf_loss
                     parts.append(cf_loss)
                 if use_div:
@@ -297,6 +362,16 @@ def fit_tokenizer(
                 loss.backward()
                 optimizer.step()
                 sums += torch.stack([loss.detach(), *[p.detach() for p in parts]]) * idx.numel()
+                for lvl, mask in enumerate(used):
+                    mask[out.codes[:, lvl]] = True
+            restart = cfg.restart_dead_codes_every > 0 and (epoch + 1) % cfg.restart_dead_codes_every == 0
+            n_restarted = 0
+            if restart and epoch < cfg.epochs - 1:  # after the last epoch a restarted code would never train
+                n_restarted = _restart_dead_codes(model, x, used, optimizer, cfg, gen)
+            restarted_codes.append(n_restarted)
+            if restart:
+                for mask in used:
+                    mask.zero_()
             means = (sums / n).tolist()
             if not math.isfinite(means[0]):
                 raise FloatingPointError(
@@ -304,8 +379,10 @@ def fit_tokenizer(
                 )
             for k, v in zip(names, means):
                 history[k].append(v)
-            train_seconds += time.perf_counter() - te
-            bar.set_postfix(loss=f"{means[0]:.4f}", recon=f"{means[1]:.4f}")
+            epoch_seconds.append(time.perf_counter() - te)
+            epoch_cpu_seconds.append(time.process_time() - tc)
+            train_seconds += epoch_seconds[-1]
+            bar.set_postfix(loss=f"{means[0]:.4f}", recon=f"{means[1]:.4f}", restarted=n_restarted)
         bar.close()
 
         codes = _codes_for(model, x, cfg.encode_batch_size, cfg.sinkhorn_last_level)
@@ -315,6 +392,9 @@ def fit_tokenizer(
         model=model,
         codes=codes.cpu().numpy().astype(np.int64),
         history=history,
+        restarted_codes=restarted_codes,
+        epoch_seconds=epoch_seconds,
+        epoch_cpu_seconds=epoch_cpu_seconds,
         fit_seconds=time.perf_counter() - t0,
         items_per_second=items_per_second,
         config=cfg,
