@@ -53,7 +53,8 @@ from recbole_letter.tokenization.stage import (  # noqa: E402
     build_report,
     tokenizer_config_from,
 )
-from recbole_letter.tokenization.trainer import TokenizerConfig, fit_tokenizer  # noqa: E402
+from recbole_letter.tokenization.trainer import fit_tokenizer  # noqa: E402
+from tokenizer_speed import warm_up  # noqa: E402  (sibling script: same warm-up for both benchmarks)
 
 RESULTS = REPO / "benchmarks" / "results"
 # RecBole's LightGCN propagates the whole user-item graph for every batch: at its default batch of
@@ -88,15 +89,6 @@ def load_inputs(dataset: str, cf_epochs: int, cf_config: dict, overrides: dict[s
     print(f"{dataset}: {emb.shape[0]} items; text embeddings {emb.shape} ({t1 - t0:.0f}s), "
           f"CF embeddings {cf.shape} ({t2 - t1:.0f}s; cached under {cache_dir}/stages)", flush=True)
     return config, data, emb, cf
-
-
-def warm_up() -> None:
-    """One tiny fit first: the first AdamW of a process imports torch._dynamo (~7 s measured),
-    which would otherwise be billed to whichever tokenizer is timed first."""
-    rng = np.random.default_rng(0)
-    x, cf = rng.standard_normal((64, 8), dtype=np.float32), rng.standard_normal((64, 4), dtype=np.float32)
-    fit_tokenizer(x, cf, TokenizerConfig(hidden_dims=(8,), code_dim=4, num_levels=2, codebook_size=8,
-                                         n_div_clusters=2, epochs=1, kmeans_iters=2), progress=False)
 
 
 def fit_one(config, dataset, method: str, emb: np.ndarray, cf_raw: np.ndarray, epochs: int, seed: int) -> dict:

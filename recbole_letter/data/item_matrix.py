@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -123,3 +123,11 @@ def pad_item_matrix(rows: np.ndarray) -> np.ndarray:
     out = np.zeros((rows.shape[0] + 1, rows.shape[1]), dtype=np.float32)
     out[1:] = rows
     return out
+
+
+def dataset_item_tokens(dataset: Any) -> list[str]:
+    """Tokens of RecBole internal ids 1..item_num-1 (id 0 is padding)."""
+    if dataset.item_num < 2:
+        raise ValueError("dataset has no items: check the .inter file and filtering options")
+    tokens = dataset.id2token(dataset.iid_field, np.arange(1, dataset.item_num))
+    return [str(t) for t in np.asarray(tokens).tolist()]

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from recbole_letter.data.item_matrix import load_item_matrix, pad_item_matrix
+from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.data.item_text import default_text_fields, item_file_for, read_item_table, texts_from_table
 from recbole_letter.stage_cache import directory_fingerprint, stage_cache_for, stage_key
 
@@ -260,14 +260,6 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def _dataset_item_tokens(dataset: Any) -> list[str]:
-    """Tokens of RecBole internal ids 1..item_num-1 (id 0 is padding)."""
-    if dataset.item_num < 2:
-        raise ValueError("dataset has no items: check the .inter file and filtering options")
-    tokens = dataset.id2token(dataset.iid_field, np.arange(1, dataset.item_num))
-    return [str(t) for t in np.asarray(tokens).tolist()]
-
-
 def encode_texts(encoder: TextEncoder, texts: Sequence[str], normalize: bool) -> np.ndarray:
     """Encode ``texts`` (each distinct text once), validate, optionally L2-normalise; float32 [n, d]."""
     position: dict[str, int] = {}
@@ -291,7 +283,7 @@ def item_text_embeddings(config: Any, dataset: Any) -> np.ndarray:
 
     ``dataset`` needs ``item_num``, ``iid_field`` and ``id2token`` (a RecBole Dataset).
     """
-    tokens = _dataset_item_tokens(dataset)
+    tokens = dataset_item_tokens(dataset)
 
     precomputed = _cfg(config, "item_embedding_file")
     if precomputed:

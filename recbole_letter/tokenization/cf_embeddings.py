@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from recbole_letter.data.item_matrix import load_item_matrix, pad_item_matrix
+from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.stage_cache import stage_cache_for, stage_key
 
 LOGGER = logging.getLogger("recbole_letter")
@@ -31,10 +31,6 @@ _SPLIT_KEYS = (
     "user_inter_num_interval", "item_inter_num_interval", "eval_args", "MAX_ITEM_LIST_LENGTH",
     "seed", "checkpoint_dir", "device", "use_gpu", "gpu_id",
 )
-
-
-def _item_tokens(dataset: Any) -> list[str]:
-    return [str(t) for t in dataset.id2token(dataset.iid_field, np.arange(1, dataset.item_num))]
 
 
 def _cf_settings(config: Any) -> tuple[str, int, dict]:
@@ -101,7 +97,7 @@ def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_di
     # No valid_data: nothing outside the training split influences the embeddings.
     trainer.fit(train_data, None, saved=False, show_progress=False)
     items = _extract_item_embeddings(model)
-    tokens = [str(t) for t in data.id2token(data.iid_field, np.arange(1, data.item_num))]
+    tokens = dataset_item_tokens(data)
     np.save(out_dir / "embeddings.npy", items[1:])
     (out_dir / "tokens.json").write_text(json.dumps(tokens), encoding="utf-8")
     for leftover in out_dir.glob("*.pth"):
@@ -110,7 +106,7 @@ def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_di
 
 def item_cf_embeddings(config: Any, dataset: Any) -> np.ndarray:
     """CF embeddings aligned with RecBole internal item ids: float32 ``[item_num, d]``, row 0 zeros."""
-    tokens = _item_tokens(dataset)
+    tokens = dataset_item_tokens(dataset)
     path = config["cf_embedding_file"]
     if path:
         return pad_item_matrix(load_item_matrix(path, tokens, "cf_embedding_file"))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recbole_letter.data.item_matrix import dataset_item_tokens as item_tokens  # re-exported
 from recbole_letter.stage_cache import stage_cache_for, stage_key
 from recbole_letter.tokenization.kmeans import squared_distances
 from recbole_letter.tokenization.report import format_report, plot_code_usage, tokenizer_report
@@ -91,10 +92,6 @@ def normalise_cf_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
-
-def item_tokens(dataset: Any) -> list[str]:
-    """Original item tokens of RecBole internal ids 1..item_num-1 (the rows of every matrix here)."""
-    return [str(t) for t in dataset.id2token(dataset.iid_field, np.arange(1, dataset.item_num))]
 
 
 @dataclass
