@@ -202,7 +202,7 @@ def _fit_arrays(
     export_index_json(unique, tokens, out / "index.json")
 
 
-def _load_entry(entry: Path, dataset: Any) -> ItemTokenizer:
+def _load_entry(entry: Path) -> ItemTokenizer:
     tokens = json.loads((entry / "tokens.json").read_text(encoding="utf-8"))
     cfg = TokenizerConfig(**json.loads((entry / "tokenizer_config.json").read_text(encoding="utf-8")))
     stats = json.loads((entry / "fit.json").read_text(encoding="utf-8"))
@@ -261,7 +261,7 @@ def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) 
     entry = stage_cache_for(config).get_or_compute(
         STAGE, key, lambda out: _fit_arrays(emb, cf, cfg, tokens, out, progress=True)
     )
-    return _load_entry(entry, dataset)
+    return _load_entry(entry)
 
 
 def chance_agreement(first_level: np.ndarray) -> float:
