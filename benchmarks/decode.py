@@ -15,7 +15,6 @@ Prints a markdown table and writes ``benchmarks/results/decode.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.data.interaction import cat_interactions  # noqa: E402
 
+from recbole_letter.atomic import write_json_atomic  # noqa: E402
 from recbole_letter.generation.beam_search import scatter_scores  # noqa: E402
 from recbole_letter.model import tiger as tiger_module  # noqa: E402
 from recbole_letter.model.tiger import TIGER  # noqa: E402
@@ -290,7 +290,7 @@ def main() -> None:
         },
         "results": rows,
     }
-    (RESULTS / "decode.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(payload, RESULTS / "decode.json", default=None, trailing_newline=True)
     print(f"\nwrote {RESULTS / 'decode.json'}")
 
 

@@ -25,7 +25,6 @@ Prints a markdown table (mean, and +- std over seeds when several) and writes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO))
 import recbole_letter  # noqa: E402,F401  (RecBole shims first)
 from recbole.data import create_dataset  # noqa: E402
 
+from recbole_letter.atomic import write_json_atomic  # noqa: E402
 from recbole_letter.data.text_embeddings import item_text_embeddings  # noqa: E402
 from recbole_letter.quick_start import build_config  # noqa: E402
 from recbole_letter.tokenization.cf_embeddings import item_cf_embeddings  # noqa: E402
@@ -229,7 +229,7 @@ def main() -> None:
         "verdict": lines,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
     }
-    out.write_text(json.dumps(payload, indent=2, default=list) + "\n")
+    write_json_atomic(payload, out, default=list, trailing_newline=True)
     print(f"\nwrote {out}")
 
 

@@ -19,7 +19,6 @@ Prints a markdown table and writes ``benchmarks/results/tokenizer_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recbole_letter.atomic import write_json_atomic  # noqa: E402
 from recbole_letter.tokenization.trainer import TokenizerConfig, fit_tokenizer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -120,7 +120,7 @@ def main() -> None:
         "rows": rows,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(payload, out, default=None, trailing_newline=True)
     print(f"\nwrote {out}")
 
 

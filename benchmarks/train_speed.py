@@ -11,7 +11,6 @@ Prints a markdown table and writes ``benchmarks/results/train_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import RESULTS, build_synthetic, clock, synthetic_args  # noqa: E402
 
+from recbole_letter.atomic import write_json_atomic  # noqa: E402
 from recbole_letter.model.tiger import EOS_TOKEN, TIGER  # noqa: E402
 
 TEXT_VOCAB = 32128  # t5-small's vocabulary size
@@ -127,7 +127,7 @@ def main() -> None:
         },
         "results": rows,
     }
-    (RESULTS / "train_speed.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(payload, RESULTS / "train_speed.json", default=None, trailing_newline=True)
     print(f"\nwrote {RESULTS / 'train_speed.json'}")
 
 

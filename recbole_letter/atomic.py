@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -37,6 +37,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(payload: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``payload`` as indented JSON atomically (non-JSON values via ``str``)."""
-    return write_text_atomic(path, json.dumps(payload, indent=2, default=str))
+def write_json_atomic(
+    payload: Any, path: str | os.PathLike[str], default: Callable[[Any], Any] = str, trailing_newline: bool = False
+) -> Path:
+    """Write ``payload`` as indented JSON atomically (non-JSON values through ``default``)."""
+    text = json.dumps(payload, indent=2, default=default)
+    return write_text_atomic(path, text + "\n" if trailing_newline else text)
