@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
-from recbole_letter.stage_cache import stage_cache_for, stage_key
+from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
 
 LOGGER = logging.getLogger("recbole_letter")
 STAGE = "cf_embeddings"
