@@ -68,7 +68,7 @@ def test_code_token_layout_comes_from_the_table(setup):
     model = FixedTableGenerator(config, dataset)
     offsets = [3 + int(o) for o in table.level_offsets]
     assert model.token_offsets == offsets
-    assert torch.equal(model.item_tokens[1:], torch.as_tensor(table.table[1:]) + torch.tensor(offsets))
+    assert torch.equal(model.item_tokens[1:], torch.tensor(table.table[1:]) + torch.tensor(offsets))
     assert (model.item_tokens[0] == 0).all()
 
 

@@ -50,7 +50,7 @@ class SemanticIDRecommender(SequentialRecommender):
         self.id_table = self._checked_table(config[SEMANTIC_ID_TABLE])
         table = np.array(self.id_table.table)  # writable copy: torch refuses read-only arrays
         self.register_buffer("semantic_ids", torch.as_tensor(table, dtype=torch.long))
-        self.index = PrefixIndex(table)
+        self.index = PrefixIndex(table, layout=str(self.require(config, "prefix_index")))
         self.n_levels = self.index.n_levels
 
         self.beam_size = int(self.require(config, "beam_size"))
