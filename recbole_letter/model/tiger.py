@@ -43,7 +43,7 @@ from recbole_letter.generation.beam_search import constrained_beam_search, scatt
 from recbole_letter.generation.losses import ranking_guided_loss
 from recbole_letter.generation.prefix_index import PrefixIndex
 from recbole_letter.generation.trainer import GenerativeTrainer
-from recbole_letter.tokenization.stage import semantic_ids_for
+from recbole_letter.stages.item_tokenizer import semantic_ids_for
 
 PAD_TOKEN = 0
 EOS_TOKEN = 1
