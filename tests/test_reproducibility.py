@@ -11,7 +11,7 @@ import torch
 
 from recbole_letter import cli
 from recbole_letter.seeding import isolated_rng, seed_from
-from recbole_letter.stage_cache import StageCache, stage_key
+from recbole_letter.stages.stage_cache import StageCache, stage_key
 
 
 def _draws() -> tuple[float, float, float]:

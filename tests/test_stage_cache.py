@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_letter.stage_cache import (
+from recbole_letter.stages.stage_cache import (
     MANIFEST_NAME,
     StageCache,
     cache_root_for,
@@ -244,7 +244,7 @@ def test_damaged_entry_is_moved_aside_and_recomputed(tmp_path, inputs, caplog, d
 
 
 def test_sweep_removes_leftovers_of_killed_writers_only(tmp_path: Path, inputs: Path) -> None:
-    from recbole_letter.stage_cache import _flocked
+    from recbole_letter.stages.stage_cache import _flocked
 
     cache, key, entry = _filled(tmp_path, inputs)
     stage_dir = entry.parent
