@@ -173,7 +173,7 @@ class TIGER(SequentialRecommender):
         if (table[0] != -1).any():
             raise ValueError("semantic-ID table row 0 (padding item) must be all -1; rebuild the table")
         self.register_buffer("semantic_ids", torch.as_tensor(table, dtype=torch.long))
-        self.index = PrefixIndex(table)
+        self.index = PrefixIndex(table, layout=str(_require(config, "prefix_index")))
         self.n_levels = self.index.n_levels
         sizes = self.index.level_sizes
         self.token_offsets: list[int] = [N_SPECIAL + sum(sizes[:l]) for l in range(self.n_levels)]
