@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_letter.stage_cache import (
+from recbole_letter.stages.stage_cache import (
     MANIFEST_NAME,
     StageCache,
     cache_root_for,
