@@ -309,6 +309,24 @@ def test_timing_summary_separates_ray_overhead_from_idle_slots() -> None:
     assert "overhead_per_trial_seconds" not in timing_summary([{"run_seconds": None}], 10.0, 1, 0.0)
 
 
+def test_plot_draws_every_validated_trial(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    from recbole_letter.tuning.report import plot_trials
+
+    rows = [
+        {**_row("a", "ok", 0.3, 0.2), "valid_curve": [[1, 0.1], [2, 0.2], [3, 0.3]]},
+        {**_row("b", "stopped", 0.15), "valid_curve": [[1, 0.15]]},
+        {**_row("c", "error", None, error="ValueError: x"), "valid_curve": []},
+    ]
+    path = plot_trials(rows, "NDCG@10", "SASRec on tiny", tmp_path / "trials.png")
+    image = imread(path)
+    assert image.shape[:2] == (420, 700)  # 7 x 4.2 inches at 100 dpi
+    # the best trial's thick line and the stopped trial's marker put colour on a white canvas
+    assert (image[..., :3] < 0.9).any(axis=-1).mean() > 0.01
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically, no temp file left
+
+
 def test_describe_error_unwraps_ray_tracebacks() -> None:
     from recbole_letter.tuning.report import describe_error
 
@@ -339,6 +357,12 @@ _TINY_SASREC = [
 ]
 
 
+def _space(folder: Path, text: str) -> Path:
+    path = folder / "space.hyper"
+    path.write_text(text + "\n")
+    return path
+
+
 def test_errors_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from recbole_letter.cli import main
 
@@ -348,6 +372,12 @@ def test_errors_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture)
         main(["--model=SASRec,GRU4Rec", *base, "--params_file=x.hyper"])
     with pytest.raises(SystemExit, match="needs a search space"):
         main(["--model=SASRec", *base])
+    with pytest.raises(SystemExit):  # a search flag without --tune: an error, not a plain training run
+        main(["--model=SASRec", "--dataset=tiny", f"--data_path={data}", "--tune_algo=grid"])
+    assert "--tune_algo only apply to a search. Fix: add --tune" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="grid has 2 combinations"):
+        main(["--model=SASRec", *base, f"--params_file={_space(tmp_path, 'hidden_size choice [8,16]')}",
+              "--tune_samples=3"])
     typo = tmp_path / "typo.hyper"
     typo.write_text("learing_rate loguniform -8,0\n")
     with pytest.raises(SystemExit, match=r"\['learing_rate'\] are not config keys of SASRec"):
@@ -371,12 +401,17 @@ def local_ray():
     ray.shutdown()
 
 
-def _run(argv: list[str], capsys: pytest.CaptureFixture, callbacks=()) -> tuple[int, str, dict, Path]:
-    """Run a study (command line, or ``run_tuning`` when Ray callbacks are needed); returns the exit
-    code, printed output, ``trials.json`` and the study folder."""
+def _study(capsys: pytest.CaptureFixture, space: str, *flags: str, callbacks=()) -> tuple[int, str, dict, Path]:
+    """Run a SASRec study on tiny data in the current folder (a tmp_path); returns the exit code,
+    printed output, ``trials.json`` and the study folder. Ray ``callbacks`` go through
+    ``run_tuning``, everything else through the command line."""
     from recbole_letter.cli import build_parser, main, parse_overrides
     from recbole_letter.tuning import run_tuning
 
+    _tiny_dataset(Path("data"))
+    Path("space.hyper").write_text(space)
+    argv = ["--model=SASRec", "--dataset=tiny", "--data_path=data", "--tune", "--params_file=space.hyper",
+            "--checkpoint_dir=saved", *_TINY_SASREC, *flags]
     if callbacks:
         args, extra = build_parser().parse_known_args(argv)
         code = run_tuning(args, [args.model], None, parse_overrides(extra), callbacks=callbacks)
@@ -393,14 +428,10 @@ def test_grid_runs_both_values_exactly_once_and_one_crashes(
     from recbole_letter.quick_start import build_config
 
     monkeypatch.chdir(tmp_path)
-    _tiny_dataset(tmp_path / "data")
-    space = tmp_path / "tiny.hyper"
     # hidden_size -5 makes SASRec raise at construction. Every dimension is a choice: grid by default.
-    space.write_text("hidden_size choice [16,-5]\n")
-    code, out, payload, study_dir = _run([
-        "--model=SASRec", "--dataset=tiny", "--data_path=data", "--tune", f"--params_file={space.name}",
-        "--tune_cpus_per_trial=1", "--checkpoint_dir=saved", "--learning_rate=0.003", *_TINY_SASREC,
-    ], capsys)
+    code, out, payload, study_dir = _study(
+        capsys, "hidden_size choice [16,-5]\n", "--tune_cpus_per_trial=1", "--learning_rate=0.003"
+    )
     assert code == 0, out
     assert study_dir.parent == tmp_path / "saved" / "tune"
     assert payload["algorithm"] == "grid" and payload["complete"] and payload["planned_trials"] == 2
@@ -423,6 +454,7 @@ def test_grid_runs_both_values_exactly_once_and_one_crashes(
 
     # printed summary: the table, the best config, the Ray directory
     assert "| rank | trial | status | hidden_size | valid NDCG@10 | test NDCG@10 | epochs | error |" in out
+    assert payload["ray_version"] == local_ray.__version__
     assert f"Ray results: {payload['ray_results']}" in out and "2 trials, grid search" in out
 
     best_file = Path(payload["best_config"])
@@ -438,12 +470,10 @@ def test_tpe_runs_a_three_trial_study_on_a_mixed_space(
     local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    _tiny_dataset(tmp_path / "data")
-    (tmp_path / "mixed.hyper").write_text("hidden_size choice [8,16]\nlearning_rate loguniform -7,-4\n")
-    code, out, payload, _ = _run([
-        "--model=SASRec", "--dataset=tiny", "--data_path=data", "--tune", "--params_file=mixed.hyper",
-        "--tune_algo=tpe", "--tune_samples=3", "--tune_scheduler=fifo", "--checkpoint_dir=saved", *_TINY_SASREC,
-    ], capsys)
+    code, out, payload, _ = _study(
+        capsys, "hidden_size choice [8,16]\nlearning_rate loguniform -7,-4\n",
+        "--tune_algo=tpe", "--tune_samples=3", "--tune_scheduler=fifo",
+    )
     assert code == 0, out
     assert payload["algorithm"] == "tpe" and payload["complete"]
     # Ray saved HyperOptSearch's state (a pickled searcher; grid/random save basic-variant JSON)
@@ -479,15 +509,12 @@ def test_an_interrupted_random_study_resumes_without_rerunning_finished_trials(
     from recbole_letter.cli import main
 
     monkeypatch.chdir(tmp_path)
-    _tiny_dataset(tmp_path / "data")
-    (tmp_path / "sizes.hyper").write_text("hidden_size choice [8,16,24]\n")
-    interrupt = InterruptAfterTrials()
     monkeypatch.setitem(_INTERRUPT_AFTER, "trials", 1)
-    code, out, first, study_dir = _run([
-        "--model=SASRec", "--dataset=tiny", "--data_path=data", "--tune", "--params_file=sizes.hyper",
+    code, out, first, study_dir = _study(
+        capsys, "hidden_size choice [8,16,24]\n",
         "--tune_algo=random", "--tune_samples=3", "--tune_max_concurrent=1", "--tune_scheduler=fifo",
-        "--checkpoint_dir=saved", *_TINY_SASREC,
-    ], capsys, callbacks=[interrupt])
+        callbacks=[InterruptAfterTrials()],
+    )
     assert code == 130 and f"--tune_resume={study_dir}" in out, out
     assert not first["complete"] and first["planned_trials"] == 3
     done = [r for r in first["trials"] if r["status"] == "ok"]

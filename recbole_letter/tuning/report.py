@@ -162,7 +162,8 @@ def plot_trials(rows: Sequence[Mapping[str, Any]], valid_metric: str, title: str
             continue
         epochs, scores = zip(*curve)
         is_best = best is not None and row["trial"] == best["trial"]
-        label = f"best: {row['trial']}" if is_best else None
+        values = ", ".join(f"{k}={format_cell(v, '.3g')}" for k, v in (row.get("params") or {}).items())
+        label = f"best: {row['trial']} ({values})" if is_best else None
         (line,) = ax.plot(epochs, scores, linewidth=2.6 if is_best else 1.0, alpha=1.0 if is_best else 0.6,
                           zorder=3 if is_best else 2, label=label)
         marker = {"stopped": "x", "error": "o", "unfinished": "o"}.get(str(row.get("status")))

@@ -111,7 +111,7 @@ def documented_keys() -> set[str]:
     """
     import yaml
 
-    from recbole_letter.registry import PROPERTIES_DIR
+    from recbole_letter.config import PROPERTIES_DIR
 
     keys: set[str] = set()
     for file in sorted((PROPERTIES_DIR / "model").glob("*.yaml")):
