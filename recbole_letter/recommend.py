@@ -440,7 +440,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if short:
         hint = ""
         if getattr(rec.model, "beam_size", None) is not None:
-            hint = f" {type(rec.model).__name__} scores only its beam (beam_size={rec.model.beam_size}); widen it with --beam_size."
+            hint = f" {type(rec.model).__name__} scores only its beam (beam_size={rec.model.beam_size}); widen it, e.g. --beam_size={2 * rec.model.beam_size}."
         print(f"warning: {short} of {len(users)} users got fewer than {args.topk} items (only items with a score are listed).{hint}",
               file=sys.stderr)
     return 0
