@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import RESULTS, build_synthetic, clock, synthetic_args  # noqa: E402
+from common import RESULTS, build_synthetic, clock, synthetic_args
 
-from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.model.tiger import EOS_TOKEN, TIGER  # noqa: E402
+from recbole_letter.atomic import write_json_atomic
+from recbole_letter.model.tiger import EOS_TOKEN, TIGER
 
 TEXT_VOCAB = 32128  # t5-small's vocabulary size
 
