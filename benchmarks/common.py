@@ -106,3 +106,23 @@ def warm_up_tokenizer_fit() -> None:
     x, cf = rng.standard_normal((64, 8), dtype=np.float32), rng.standard_normal((64, 4), dtype=np.float32)
     fit_tokenizer(x, cf, TokenizerConfig(hidden_dims=(8,), code_dim=4, num_levels=2, codebook_size=8,
                                          n_div_clusters=2, epochs=1, kmeans_iters=2), progress=False)
+
+
+# ---------------------------------------------------------------- results
+def machine_info() -> dict[str, str]:
+    """What produced the numbers: Python, torch and CPU."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()}
+
+
+def write_result(path: Path, payload: dict, default=None) -> Path:
+    """Write a benchmark's JSON (atomically, trailing newline) and say where."""
+    from recbole_letter.atomic import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(payload, path, default=default, trailing_newline=True)
+    print(f"\nwrote {path}")
+    return path

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 import recbole_letter  # noqa: F401  (RecBole shims first)
-from common import RESULTS, build_synthetic, clock, synthetic_args
+from common import RESULTS, build_synthetic, clock, synthetic_args, write_result
 from recbole.data.interaction import cat_interactions
 
-from recbole_letter.atomic import write_json_atomic
 from recbole_letter.generation.beam_search import scatter_scores
 from recbole_letter.model.tiger import TIGER
 
@@ -197,7 +196,6 @@ def main() -> None:
         share = ["-" if v is None else f"{100 * v:.1f}%" for v in (r["top10_overlap_with_hf"], r["identical_top10_order"])]
         print(f"| {r['method']} | {r['batch_users']} | {r['users_per_s']:.1f} | {r['speedup_vs_hf']:.1f}x "
               f"| {share[0]} | {share[1]} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "setup": {
             **vars(args),
@@ -210,8 +208,7 @@ def main() -> None:
         },
         "results": rows,
     }
-    write_json_atomic(payload, RESULTS / "decode.json", default=None, trailing_newline=True)
-    print(f"\nwrote {RESULTS / 'decode.json'}")
+    write_result(RESULTS / "decode.json", payload)
 
 
 if __name__ == "__main__":

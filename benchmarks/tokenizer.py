@@ -25,7 +25,6 @@ Prints a markdown table (mean, and +- std over seeds when several) and writes
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,9 @@ import torch
 import yaml
 
 import recbole_letter  # noqa: F401  (RecBole shims first)
-from common import RESULTS, warm_up_tokenizer_fit
+from common import RESULTS, machine_info, warm_up_tokenizer_fit, write_result
 from recbole.data import create_dataset
 
-from recbole_letter.atomic import write_json_atomic
 from recbole_letter.quick_start import build_config
 from recbole_letter.stages.cf_embeddings import item_cf_embeddings
 from recbole_letter.stages.item_tokenizer import (
@@ -204,7 +202,6 @@ def main() -> None:
              f"seeds {args.seeds}" + (f", overrides {overrides}" if overrides else ""))
     print("\n" + title + "\n\n" + table + "\n\n" + "\n".join(lines))
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"tokenizer_{args.dataset}{'_' + args.tag if args.tag else ''}.json"
     payload = {
         "dataset": args.dataset,
@@ -221,10 +218,9 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
         "verdict": lines,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+        "machine": machine_info(),
     }
-    write_json_atomic(payload, out, default=list, trailing_newline=True)
-    print(f"\nwrote {out}")
+    write_result(out, payload, default=list)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ Prints a markdown table and writes ``benchmarks/results/tokenizer_speed.json``.
 from __future__ import annotations
 
 import argparse
-import platform
 
 import numpy as np
 import torch
 
-from common import RESULTS, warm_up_tokenizer_fit
+from common import RESULTS, machine_info, warm_up_tokenizer_fit, write_result
 
-from recbole_letter.atomic import write_json_atomic
 from recbole_letter.tokenization.fit import TokenizerConfig, fit_tokenizer
 
 # Encoder MLP per input size: the package default for MiniLM, the paper's for LLaMA-7B.
@@ -100,15 +98,13 @@ def main() -> None:
     ]
     print(f"\n## Tokenizer training speed ({args.threads} torch thread(s), median of {args.epochs} epochs)\n")
     print("\n".join(lines))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "tokenizer_speed.json"
     payload = {
         "threads": args.threads,
         "rows": rows,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+        "machine": machine_info(),
     }
-    write_json_atomic(payload, out, default=None, trailing_newline=True)
-    print(f"\nwrote {out}")
+    write_result(out, payload)
 
 
 if __name__ == "__main__":
