@@ -6,8 +6,9 @@ STORE tokenizes a new item by *generating* its codes from its text (text -> toke
 resolves them, with the model's ranking in place of the quantiser's distances: every new item
 keeps its ``beam_size`` best free tuples; items are served in order of their best score (most
 confident first), and an item whose best tuple was just taken by another new item moves to its
-next-best beam. An item whose beams are all taken is decoded again with the grown exclusion
-set. Existing tuples never change and no tuple is ever given twice.
+next-best beam. Items whose beams are all taken are decoded again with the grown exclusion set
+(each round settles at least the most confident of them, so this ends). Existing tuples never
+change and no tuple is ever given twice.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from recbole_letter.generation.beam_search import BeamStepper, constrained_beam_
 from recbole_letter.generation.code_space import CodeSpaceIndex
 
 LOGGER = logging.getLogger("recbole_letter")
-MAX_ROUNDS = 8  # re-decoding rounds for items whose every beam was taken (each round grows the exclusions)
 
 
 def generate_new_codes(
@@ -58,7 +58,7 @@ def generate_new_codes(
     scores = np.full(n_new, float("-inf"))
     pending = np.arange(n_new)
     info = {"moved_to_next_beam": 0, "redecoded": 0}
-    for round_ in range(MAX_ROUNDS):
+    while True:
         index = CodeSpaceIndex(sizes, taken)
         beams, beam_scores = _decode(make_stepper, pending, index, token_offsets, beam_size, batch_size)
         used = set(index.taken.tolist())
@@ -77,13 +77,14 @@ def generate_new_codes(
             scores[item] = float(beam_scores[row, k])
         if not unresolved:
             return codes, scores, info
+        if len(unresolved) == len(pending):  # not even the best beam was free: nothing is left
+            raise ValueError(
+                f"{len(pending)} new items found no free code tuple: the code space {sizes} is full; "
+                "refit the tokenizer with larger codebooks"
+            )
         info["redecoded"] += len(unresolved)
         pending = np.asarray(sorted(unresolved))
         taken = np.concatenate([taken, codes[(codes >= 0).all(axis=1)]], axis=0)
-    raise ValueError(
-        f"{len(pending)} new items found no free code tuple after {MAX_ROUNDS} rounds: the code space "
-        f"{sizes} is (nearly) full; refit the tokenizer with larger codebooks"
-    )
 
 
 def _decode(
