@@ -40,7 +40,10 @@ from transformers import T5Config, T5ForConditionalGeneration
 from recbole_letter.atomic import write_json_atomic, write_text_atomic
 from recbole_letter.config import PROPERTIES_DIR
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
+from recbole_letter.generation.causal_lm_stepper import CausalLMBeamStepper
 from recbole_letter.generation.prefix_index import PrefixIndex
+from recbole_letter.llm.backbone import load_backbone
+from recbole_letter.llm.batching import PromptBatch
 from recbole_letter.model.tiger import T5BeamStepper
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,6 +91,24 @@ def tiger_t5(vocab_size: int, seed: int) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(config).eval()
 
 
+def tiny_llm(n_codes: int, seed: int) -> tuple[torch.nn.Module, int]:
+    """The ``tiny-random`` Llama of the LC-Rec tests with ``n_codes`` code tokens appended.
+
+    Returns the model and the id of the first code token. Prompts are built from token ids
+    directly (the history's code tokens), so no tokenizer work is timed.
+    """
+    backbone = load_backbone("tiny-random", seed=seed)
+    first = len(backbone.tokenizer)
+    backbone.model.resize_token_embeddings(first + n_codes, mean_resizing=False)
+    return backbone.model.eval(), first
+
+
+def llm_prompts(tokens: torch.Tensor) -> PromptBatch:
+    """Unpadded prompt batch (every history has the same length)."""
+    mask = torch.ones_like(tokens)
+    return PromptBatch(tokens, mask, torch.arange(tokens.shape[1]).expand_as(tokens).contiguous())
+
+
 class FixedStepper:
     """Stepper with no network: fixed random log-probs, so only the index and the search cost time."""
 
@@ -122,13 +143,15 @@ def best_cpu_seconds(run, repeats: int) -> tuple[float, Any]:
 
 # ------------------------------------------------------------------ workers (one process each)
 def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build one layout's index and time the index-only and TIGER decodes."""
+    """Build one layout's index and time the index-only, TIGER and LLM decodes."""
     table = code_table(spec["items"], spec["levels"], spec["codes"], spec["seed"])
     rss_before = rss_mb()
+    out_base = {"rss_before_index_mb": rss_before}
     wall, cpu = time.perf_counter(), time.process_time()
     index = PrefixIndex(table, layout=spec["layout"])
     build_wall, build_cpu = time.perf_counter() - wall, time.process_time() - cpu
     out: dict[str, Any] = {
+        **out_base,
         "index_build_s": build_wall,
         "index_build_cpu_s": build_cpu,
         "index_mb": index.nbytes() / MB,
@@ -171,6 +194,24 @@ def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
     out["tiger_top10"] = top
     seconds, _ = best_cpu_seconds(lambda: decode(True), spec["repeats"])
     out["tiger_fullsort_users_per_s"] = users / seconds
+
+    llm, first = tiny_llm(sum(index.level_sizes), spec["seed"])
+    llm_offsets = [first + o - N_SPECIAL for o in offsets]
+    llm_chunks = [c - N_SPECIAL + first for c in chunks]
+
+    def decode_llm() -> list[list[int]]:
+        top = []
+        with torch.no_grad():
+            for ids in llm_chunks:
+                stepper = CausalLMBeamStepper(llm, llm_prompts(ids))
+                items, _ = constrained_beam_search(stepper, index, llm_offsets, beam)
+                top += items[:, :10].tolist()
+        return top
+
+    decode_llm()
+    seconds, top = best_cpu_seconds(decode_llm, spec["repeats"])
+    out["llm_users_per_s"] = users / seconds
+    out["llm_top10"] = top
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -221,6 +262,36 @@ def worker_hf(spec: dict[str, Any]) -> dict[str, Any]:
     seconds, top = best_cpu_seconds(decode, 1)
     out["hf_users_per_s"] = users / seconds
     out["hf_top10"] = top
+
+    llm, first = tiny_llm(sum(sizes), spec["seed"])
+    shift = first - N_SPECIAL  # LLM token id of a T5 code token
+    prompt_length = ids_all.shape[1]
+
+    def allowed_llm(batch_id: int, generated: torch.Tensor) -> list[int]:
+        prefix = tuple(t - shift for t in generated.tolist()[prompt_length:])
+        return [t + shift for t in trie.get(prefix, [])]
+
+    def decode_llm() -> list[list[int]]:
+        top = []
+        with torch.no_grad():
+            for ids in chunks:
+                seqs = llm.generate(
+                    input_ids=ids + shift,
+                    attention_mask=torch.ones_like(ids),
+                    num_beams=beam,
+                    num_return_sequences=beam,
+                    max_new_tokens=len(sizes),
+                    prefix_allowed_tokens_fn=allowed_llm,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
+                rows = (seqs[:, prompt_length:] - shift).view(len(ids), beam, -1).tolist()
+                top += [[item_of[tuple(s)] for s in user[:10]] for user in rows]
+        return top
+
+    seconds, top = best_cpu_seconds(decode_llm, 1)
+    out["hf_llm_users_per_s"] = users / seconds
+    out["hf_llm_top10"] = top
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -245,43 +316,70 @@ def dense_bytes_estimate(n_prefixes: list[int], level_sizes: list[int]) -> int:
 
 
 def overlap(a: list[list[int]], b: list[list[int]]) -> float:
+    """Mean share of top-10 items two methods agree on."""
     return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)]))
+
+
+def table_row(base: dict[str, Any], method: str, result: dict[str, Any], sparse: dict[str, Any]) -> dict[str, Any]:
+    """One results row: HF rows put their speeds in the same columns as our layouts."""
+    row = {**base, "method": method, **result}
+    hf = method.startswith("HF")
+    row["build_s"] = result.get("trie_build_s" if hf else "index_build_s")
+    row["memory_mb"] = result.get("trie_rss_delta_mb" if hf else "index_mb", result.get("memory_mb_estimate"))
+    row["tiger_decode_users_per_s"] = result.get("hf_users_per_s" if hf else "tiger_users_per_s")
+    row["llm_decode_users_per_s"] = result.get("hf_llm_users_per_s" if hf else "llm_users_per_s")
+    for model in ("tiger", "llm"):
+        top = result.get(f"hf_{model}_top10" if hf and model == "llm" else "hf_top10" if hf else f"{model}_top10")
+        if top is not None and f"{model}_top10" in sparse:
+            row[f"{model}_top10_overlap_with_sparse"] = overlap(top, sparse[f"{model}_top10"])
+    for key in ("tiger_top10", "llm_top10", "hf_top10", "hf_llm_top10"):
+        row.pop(key, None)
+    return row
 
 
 def fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], setup: dict[str, Any]) -> str:
     lines = [
         f"Constrained decoding vs catalogue size: {setup['users']} users, beam {setup['beam']}, "
-        f"{setup['batch']} users per batch, history {setup['history']}, {setup['threads']} thread, "
-        "random TIGER-shaped T5; users per CPU-second, best of "
-        f"{setup['repeats']}; peak RSS per worker process (includes ~0.3 GB of torch/transformers).",
+        f"{setup['batch']} users per batch, history {setup['history']} items, {setup['threads']} thread; "
+        "random TIGER-shaped T5 and the tiny-random Llama; users per CPU-second, best of "
+        f"{setup['repeats']} (HF: 1 run). Peak RSS is per worker process and includes ~0.3 GB of "
+        "torch/transformers. Top-10 agreement is with the sparse layout's lists for the same users.",
         "",
         "| codes | items | method | build s | index / trie MB | peak RSS MB | index-only users/s "
-        "| TIGER users/s | TIGER + [users, items] scores users/s | top-10 = sparse |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| TIGER users/s | TIGER + [users, items] scores | LLM users/s | top-10 = sparse (TIGER / LLM) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r or "skipped" in r:
             reason = r.get("skipped") or r["error"]
-            lines.append(f"| {r['shape']} | {r['items']:,} | {r['method']} | {reason} |||||||")
+            lines.append(f"| {r['shape']} | {r['items']:,} | {r['method']} | {reason} ||||||||")
             continue
         lines.append(
             f"| {r['shape']} | {r['items']:,} | {r['method']} | {fmt(r.get('build_s'), '.2f')} "
             f"| {fmt(r.get('memory_mb'))} | {fmt(r.get('peak_rss_mb'), '.0f')} "
-            f"| {fmt(r.get('index_only_users_per_s'), '.0f')} | {fmt(r.get('tiger_users_per_s'))} "
-            f"| {fmt(r.get('tiger_fullsort_users_per_s'))} "
-            f"| {fmt(None if r.get('top10_overlap_with_sparse') is None else 100 * r['top10_overlap_with_sparse'], '.0f')}"
-            f"{'' if r.get('top10_overlap_with_sparse') is None else '%'} |"
+            f"| {fmt(r.get('index_only_users_per_s'), '.0f')} | {fmt(r.get('tiger_decode_users_per_s'))} "
+            f"| {fmt(r.get('tiger_fullsort_users_per_s'))} | {fmt(r.get('llm_decode_users_per_s'))} "
+            f"| {percent(r.get('tiger_top10_overlap_with_sparse'))} / {percent(r.get('llm_top10_overlap_with_sparse'))} |"
         )
-    lines += ["", "| codes | TIGER users/s, sparse: 1M / 10k items | sparse index MB at 1M | build s at 1M |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "| codes | sparse index MB at 1M | build s at 1M | TIGER users/s 1M / 10k | with scores 1M / 10k "
+        "| LLM users/s 1M / 10k |",
+        "|---|---|---|---|---|---|",
+    ]
     for q in ratios:
         lines.append(
-            f"| {q['shape']} | {fmt(q.get('tiger_1m_over_10k'), '.2f')} | {fmt(q.get('index_mb_1m'))} "
-            f"| {fmt(q.get('build_s_1m'), '.2f')} |"
+            f"| {q['shape']} | {fmt(q.get('index_mb_1m'))} | {fmt(q.get('build_s_1m'), '.2f')} "
+            f"| {fmt(q.get('tiger_1m_over_10k'), '.2f')} | {fmt(q.get('fullsort_1m_over_10k'), '.2f')} "
+            f"| {fmt(q.get('llm_1m_over_10k'), '.2f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -292,25 +390,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.6))
+    methods = (("sparse", "-"), ("dense", "--"), ("HF generate + trie", ":"))
     for shape, marker in (("4x256", "o"), ("3x1024", "s")):
-        for method, key, style in (
-            ("sparse", "tiger_users_per_s", "-"),
-            ("dense", "tiger_users_per_s", "--"),
-            ("HF generate + trie", "hf_users_per_s", ":"),
-        ):
-            pts = [(r["items"], r[key]) for r in rows if r["shape"] == shape and r["method"] == method and r.get(key)]
+        for method, style in methods:
+            mine = [r for r in rows if r["shape"] == shape and r["method"] == method]
+            for key, model, colour in (("tiger_decode_users_per_s", "TIGER", "C0"), ("llm_decode_users_per_s", "LLM", "C1")):
+                pts = [(r["items"], r[key]) for r in mine if r.get(key)]
+                if pts:
+                    speed.plot(*zip(*pts), style, marker=marker, color=colour, label=f"{model}, {method}, {shape}")
+            pts = [(r["items"], r["memory_mb"]) for r in mine if r.get("memory_mb")]
             if pts:
-                speed.plot(*zip(*pts), style, marker=marker, label=f"{method}, {shape}")
-        for method, style in (("sparse", "-"), ("dense", "--"), ("HF generate + trie", ":")):
-            pts = [
-                (r["items"], r["memory_mb"])
-                for r in rows
-                if r["shape"] == shape and r["method"] == method and r.get("memory_mb")
-            ]
-            if pts:
-                memory.plot(*zip(*pts), style, marker=marker, label=f"{method}, {shape}")
-    for ax, label in ((speed, "TIGER decode, users per CPU-second"), (memory, "index / trie memory, MB")):
+                memory.plot(*zip(*pts), style, marker=marker, color="C2" if shape == "4x256" else "C3",
+                            label=f"{method}, {shape}")
+    for ax, label in ((speed, "decode, users per CPU-second"), (memory, "index / trie memory, MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("items in catalogue")
@@ -376,22 +469,15 @@ def main() -> None:
             if items <= args.hf_max_items:
                 runs.append(("HF generate + trie", run_worker({**spec, "layout": "hf"}, args.timeout)))
             for method, result in runs:
-                row = {**base, "method": method, **result}
-                row["build_s"] = result.get("index_build_s", result.get("trie_build_s"))
-                row["memory_mb"] = result.get("index_mb", result.get("trie_rss_delta_mb", result.get("memory_mb_estimate")))
-                top = result.get("tiger_top10", result.get("hf_top10"))
-                if top is not None and "tiger_top10" in sparse:
-                    row["top10_overlap_with_sparse"] = overlap(top, sparse["tiger_top10"])
-                row.pop("tiger_top10", None)
-                row.pop("hf_top10", None)
-                rows.append(row)
+                rows.append(table_row(base, method, result, sparse))
                 print(f"{shape} {items:>9,} {method:<20} "
-                      f"{ {k: v for k, v in row.items() if k not in ('shape', 'items', 'method')} }", flush=True)
+                      f"{ {k: v for k, v in rows[-1].items() if k not in ('shape', 'items', 'method')} }", flush=True)
         small, large = by_size.get(10_000, {}), by_size.get(1_000_000, {})
         ratio = {"shape": shape}
         if "tiger_users_per_s" in small and "tiger_users_per_s" in large:
             ratio["tiger_1m_over_10k"] = large["tiger_users_per_s"] / small["tiger_users_per_s"]
             ratio["fullsort_1m_over_10k"] = large["tiger_fullsort_users_per_s"] / small["tiger_fullsort_users_per_s"]
+            ratio["llm_1m_over_10k"] = large["llm_users_per_s"] / small["llm_users_per_s"]
         if "index_mb" in large:
             ratio["index_mb_1m"] = large["index_mb"]
             ratio["build_s_1m"] = large["index_build_s"]
