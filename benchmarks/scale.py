@@ -42,9 +42,9 @@ from recbole_letter.config import PROPERTIES_DIR
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
 from recbole_letter.generation.causal_lm_stepper import CausalLMBeamStepper
 from recbole_letter.generation.prefix_index import PrefixIndex
+from recbole_letter.generation.t5_stepper import T5BeamStepper
 from recbole_letter.llm.backbone import load_backbone
 from recbole_letter.llm.batching import PromptBatch
-from recbole_letter.model.tiger import T5BeamStepper
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_SPECIAL = 2  # TIGER's token layout: 0 = pad / decoder start, 1 = eos, then the code tokens
