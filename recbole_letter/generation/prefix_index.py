@@ -199,8 +199,9 @@ class PrefixIndex(nn.Module):
         return self.levels.follow(level, prefix, slot)
 
     def nbytes(self) -> int:
-        """Bytes held by the index tensors (what grows with the catalogue)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes held by the decoding tables (what grows with the catalogue); ``item_prefixes``
+        (``8 * n_levels`` bytes per item, used by training losses only) is not counted."""
+        return sum(b.numel() * b.element_size() for b in self.levels.buffers())
 
     def extra_repr(self) -> str:
         return (
