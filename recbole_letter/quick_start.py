@@ -102,6 +102,7 @@ def run_recbole_letter(
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     return {
         "model": spec.name,
+        "label": result_label(spec.model_class, config, spec.name),
         "dataset": dataset,
         "best_valid_score": _to_float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -113,6 +114,14 @@ def run_recbole_letter(
         "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
     }
+
+
+def result_label(model_class: type, config: Any, name: str) -> str:
+    """The row name in results tables: the model's own ``result_label(config)`` when it has one
+    (TIGER: which semantic IDs and tau, so LETTER-TIGER is never mistaken for plain TIGER), else
+    the model name. The ``model`` key of a result stays the registry name."""
+    label = getattr(model_class, "result_label", None)
+    return str(label(config)) if callable(label) else name
 
 
 def _accepts_callback(fit: Callable[..., Any]) -> bool:
@@ -148,7 +157,7 @@ def results_table(results: Sequence[dict[str, Any]], split: str = "test_result")
     for res in results:
         values = res.get(split) or {}
         seconds = res.get("seconds_per_epoch")
-        cells = [res["model"], *(values.get(col) for col in columns), res.get("epochs")]
+        cells = [res.get("label") or res["model"], *(values.get(col) for col in columns), res.get("epochs")]
         cells.append(None if seconds is None else f"{seconds:.1f}")
         if failed:
             cells.append(format_cell(res.get("error", ""), max_chars=200))

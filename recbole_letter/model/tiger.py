@@ -32,6 +32,7 @@ Design decisions:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -188,6 +189,19 @@ class TIGER(SemanticIDRecommender):
             self.t5, inputs.get("input_ids"), attention_mask, use_cache=use_cache,
             inputs_embeds=inputs.get("inputs_embeds"),
         )
+
+    @classmethod
+    def result_label(cls, config: Any) -> str:
+        """Row name for results tables, e.g. ``TIGER (LETTER IDs, tau 0.7)``; non-default
+        ``encoder_input`` / ``code_softmax`` are named too."""
+        tokenizer = str(config["item_tokenizer"])
+        ids = {"LETTER": "LETTER IDs", "RQVAE": "RQ-VAE IDs"}.get(tokenizer.upper(), f"IDs from {Path(tokenizer).name}")
+        parts = [ids, f"tau {float(config['tau'])!r}"]
+        if config["encoder_input"] == "items":
+            parts.append("item-level input")
+        if config["code_softmax"] == "vocab":
+            parts.append("vocab softmax")
+        return f"TIGER ({', '.join(parts)})"
 
     def __str__(self) -> str:
         params = sum(p.numel() for p in self.parameters() if p.requires_grad)
