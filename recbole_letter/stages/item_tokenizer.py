@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from recbole_letter.data.item_matrix import dataset_item_tokens as item_tokens  # re-exported
+from recbole_letter.seeding import isolated_rng
 from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
 from recbole_letter.tokenization.kmeans import squared_distances
 from recbole_letter.tokenization.report import format_report, plot_code_usage, tokenizer_report
 from recbole_letter.tokenization.semantic_ids import (
+    SemanticIDTable,
     assign_new_items,
     count_collisions,
     export_index_json,
@@ -224,7 +226,17 @@ def _method(config: Any) -> str:
 
 
 def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) -> ItemTokenizer:
-    """The dataset's tokenizer: imported from an index.json path, or fitted (cached)."""
+    """The dataset's tokenizer: imported from an index.json path, or fitted (cached).
+
+    Runs with private random state: rebuilding the cached network draws initial weights before
+    loading the saved ones, and a cache miss trains; neither may shift the caller's random
+    streams, or the same seed would give other metrics on a cold and a warm cache.
+    """
+    with isolated_rng():
+        return _load_or_fit(config, dataset, method)
+
+
+def _load_or_fit(config: Any, dataset: Any, method: str | None) -> ItemTokenizer:
     method = method or _method(config)
     tokens = item_tokens(dataset)
     if method not in METHODS:
@@ -304,6 +316,12 @@ def semantic_ids_for(config: Any, dataset: Any) -> np.ndarray:
     codes in ``[0, table[:, l].max() + 1)``.
     """
     return load_or_fit_tokenizer(config, dataset).table_for(dataset)
+
+
+def semantic_id_table_for(config: Any, dataset: Any) -> SemanticIDTable:
+    """:func:`semantic_ids_for` as the :class:`SemanticIDTable` a generator receives in
+    ``config["semantic_id_table"]`` (level sizes = largest code + 1, what the table uses)."""
+    return SemanticIDTable.from_padded(semantic_ids_for(config, dataset))
 
 
 def publish(tok: ItemTokenizer, config: Any, method: str) -> dict[str, str]:
