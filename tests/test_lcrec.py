@@ -225,3 +225,25 @@ def test_cli_runs_sasrec_tiger_lcrec_into_one_table(tmp_path, capsys):
     assert saved, "LCRec checkpoint written"
     state = torch.load(saved[0], weights_only=False)["state_dict"]
     assert all("lora_" in k or "trainable_tokens" in k or k == "semantic_ids" for k in state)
+
+
+def test_test_prompt_all_reports_mean_min_max_over_templates(tmp_path):
+    templates = tmp_path / "short.yaml"
+    templates.write_text(SHORT_TEMPLATES)
+    config, model, _, _, test_data = build(tmp_path, test_prompt_id="all", lcrec_templates_file=str(templates))
+    perturb_trainable(model)
+    assert model.test_prompt_ids == list(range(10))
+    trainer = LCRecTrainer(config, model)
+    seen = []
+    original = model.make_stepper
+
+    def spy(interaction, **options):
+        seen.append(model.eval_prompt_id)
+        return original(interaction, **options)
+
+    model.make_stepper = spy
+    result = trainer.evaluate(test_data, load_best_model=False)
+    assert sorted(set(seen)) == list(range(10))
+    for metric in ("recall@10", "ndcg@5"):
+        assert result[f"{metric}_min"] <= result[metric] <= result[f"{metric}_max"]
+    assert model.eval_prompt_id == 0
