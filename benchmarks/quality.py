@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,13 @@ def build_rows(dataset: str, data_dir: Path, args: argparse.Namespace) -> list[t
     return rows
 
 
+def split_rows(spec: str) -> set[str]:
+    """``--rows`` labels: separated by ``;``, or by commas not followed by a space (labels such as
+    ``TIGER (LETTER IDs, tau 1.0)`` contain ", ")."""
+    parts = spec.split(";") if ";" in spec else re.split(r",(?! )", spec)
+    return {p.strip() for p in parts if p.strip()}
+
+
 def tiger_label(ids: str, tau: float, *extra: str) -> str:
     """Row label naming the semantic IDs and tau, as ``TIGER.result_label`` does for plain runs
     (``TIGER (LETTER IDs, tau 1.0)`` is LETTER-TIGER, ``TIGER (RQ-VAE IDs, tau 1.0)`` the original)."""
@@ -262,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=None, help="semantic-ID index.json for the LETTER-TIGER rows (datasets without text)")
     p.add_argument("--item_embedding_file", default=None,
                    help="item embeddings .npy for a TIGER (RQVAE) row on a dataset without text")
-    p.add_argument("--rows", default=None, help="comma list of row labels to run (others kept from an earlier JSON with the same setup)")
+    p.add_argument("--rows", default=None,
+                   help="row labels to run, separated by ';' or ',' (others kept from an earlier JSON with the same setup)")
     p.add_argument("--data_path", default=None, help="where converted/subsampled atomic files go (default <checkpoint_dir>/datasets)")
     p.add_argument("--checkpoint_dir", default=str(ROOT / "saved"), help="checkpoints and stage caches")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/quality_<dataset>[_u<N>][_paper].json)")
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         data_path = data_dir.parent
     base = {"checkpoint_dir": str(checkpoint_dir), "data_path": str(data_path), **overrides}
     rows = build_rows(args.dataset, data_dir, args)
-    wanted = {r.strip() for r in args.rows.split(",")} if args.rows else None
+    wanted = split_rows(args.rows) if args.rows else None
     if wanted and not wanted <= {label for label, _, _ in rows}:
         raise SystemExit(f"--rows: unknown {sorted(wanted - {l for l, _, _ in rows})}; rows are {[l for l, _, _ in rows]}")
 

@@ -122,3 +122,9 @@ def test_row_processes_get_the_parent_arguments(quality, tmp_path, monkeypatch):
     for cmd in calls:
         assert cmd[2:5] == ["--dataset=ml-100k", "--converge", "--epochs=3"]
         assert "2" not in cmd and "--rows=x" not in cmd
+
+
+def test_rows_option_splits_labels_that_contain_commas(quality):
+    assert quality.split_rows("Pop,SASRec") == {"Pop", "SASRec"}
+    assert quality.split_rows("Pop,TIGER (LETTER IDs, tau 1.0)") == {"Pop", "TIGER (LETTER IDs, tau 1.0)"}
+    assert quality.split_rows("TIGER (LETTER IDs, tau 0.7);SASRec") == {"TIGER (LETTER IDs, tau 0.7)", "SASRec"}
