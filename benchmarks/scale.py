@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,7 +36,8 @@ import torch
 import yaml
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_letter.atomic import write_json_atomic, write_text_atomic
+from common import RESULTS, clock, machine_info, random_table, write_result
+from recbole_letter.atomic import write_text_atomic
 from recbole_letter.config import PROPERTIES_DIR
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
 from recbole_letter.generation.causal_lm_stepper import CausalLMBeamStepper
@@ -46,23 +46,11 @@ from recbole_letter.generation.t5_stepper import T5BeamStepper
 from recbole_letter.llm.backbone import load_backbone
 from recbole_letter.llm.batching import PromptBatch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 N_SPECIAL = 2  # TIGER's token layout: 0 = pad / decoder start, 1 = eos, then the code tokens
 MB = 2**20
 
 
 # ------------------------------------------------------------------ inputs
-def code_table(n_items: int, levels: int, codes: int, seed: int) -> np.ndarray:
-    """``[n_items + 1, levels]`` distinct uniformly random code tuples, row 0 = padding (-1)."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(codes**levels, size=n_items, replace=False)
-    table = np.empty((n_items + 1, levels), dtype=np.int64)
-    table[0] = -1
-    for level in range(levels):
-        table[1:, level] = (flat // codes ** (levels - 1 - level)) % codes
-    return table
-
-
 def histories(table: np.ndarray, users: int, length: int, offsets: list[int], seed: int) -> torch.Tensor:
     """``[users, length * levels]`` encoder tokens of uniformly drawn item histories."""
     rng = np.random.default_rng(seed + 1)
@@ -135,21 +123,21 @@ def best_cpu_seconds(run, repeats: int) -> tuple[float, Any]:
     """Fastest of ``repeats`` runs in process CPU seconds (one thread: time on a dedicated core)."""
     best, out = float("inf"), None
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         out = run()
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return best, out
 
 
 # ------------------------------------------------------------------ workers (one process each)
 def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
     """Build one layout's index and time the index-only, TIGER and LLM decodes."""
-    table = code_table(spec["items"], spec["levels"], spec["codes"], spec["seed"])
+    table = random_table(spec["items"] + 1, spec["levels"], spec["codes"], spec["seed"])
     rss_before = rss_mb()
     out_base = {"rss_before_index_mb": rss_before}
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), clock()
     index = PrefixIndex(table, layout=spec["layout"])
-    build_wall, build_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    build_wall, build_cpu = time.perf_counter() - wall, clock() - cpu
     out: dict[str, Any] = {
         **out_base,
         "index_build_s": build_wall,
@@ -219,7 +207,7 @@ def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """HF ``generate`` constrained by a dict trie (the released code's decoding) on the same users."""
-    table = code_table(spec["items"], spec["levels"], spec["codes"], spec["seed"])
+    table = random_table(spec["items"] + 1, spec["levels"], spec["codes"], spec["seed"])
     sizes = [int(s) + 1 for s in table[1:].max(axis=0)]
     offsets = [N_SPECIAL + sum(sizes[:level]) for level in range(len(sizes))]
     rss_before = rss_mb()
@@ -546,8 +534,7 @@ def main() -> None:
     setup = {
         **vars(args),
         "timing": "process CPU seconds per worker (1 thread), best of repeats; build time is wall clock",
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        **machine_info(),
         "cpus": os.cpu_count(),
     }
     setup.pop("worker")
@@ -557,12 +544,10 @@ def main() -> None:
         f"{c['trie']}: {c['sparse_over_dense']:.2f}" for c in slot_costs
     ) + " (prefix_index.SPARSE_SLOT_COST summarises these).\n"
     print("\n" + table)
-    payload = {"setup": setup, "results": rows, "ratios": ratios, "slot_cost": slot_costs}
-    write_json_atomic(payload, RESULTS / f"{args.name}.json",
-                      default=None, trailing_newline=True)
+    write_result(RESULTS / f"{args.name}.json", {"setup": setup, "results": rows, "ratios": ratios, "slot_cost": slot_costs})
     write_text_atomic(RESULTS / f"{args.name}.md", table)
     plot(rows, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / args.name}.json, .md, .png")
+    print(f"wrote {RESULTS / args.name}.md, .png")
 
 
 if __name__ == "__main__":
