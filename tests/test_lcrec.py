@@ -165,8 +165,8 @@ def test_checkpoint_holds_only_trained_tensors_and_reloads(tmp_path):
     perturb_trainable(model)
     state = model.state_dict()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert set(state) == {f"{n}" for n in trainable} | {"semantic_ids"}
-    n_saved = sum(v.numel() for k, v in state.items() if k != "semantic_ids")
+    assert set(state) == {f"{n}" for n in trainable} | {"semantic_ids", "backbone_signature"}
+    n_saved = sum(v.numel() for k, v in state.items() if k not in ("semantic_ids", "backbone_signature"))
     n_total = sum(p.numel() for p in model.parameters())
     assert n_saved < n_total / 3
     model.eval()
@@ -179,6 +179,9 @@ def test_checkpoint_holds_only_trained_tensors_and_reloads(tmp_path):
     assert torch.allclose(fresh.full_sort_predict(interaction), before, atol=1e-5, equal_nan=True)
     with pytest.raises(RuntimeError, match="lacks"):
         fresh.load_state_dict({"semantic_ids": state["semantic_ids"]})
+    _, other_base, _, _, _ = build(tmp_path, llm_tiny_config={"initializer_range": 0.05})  # same shapes
+    with pytest.raises(ValueError, match="another base LLM"):
+        other_base.load_state_dict(torch.load(tmp_path / "ckpt.pt"))
 
 
 def test_bad_llm_settings_are_clear_errors(tmp_path):
@@ -224,7 +227,7 @@ def test_cli_runs_sasrec_tiger_lcrec_into_one_table(tmp_path, capsys):
     saved = sorted((tmp_path / "saved").glob("LCRec-*.pth"))
     assert saved, "LCRec checkpoint written"
     state = torch.load(saved[0], weights_only=False)["state_dict"]
-    assert all("lora_" in k or "trainable_tokens" in k or k == "semantic_ids" for k in state)
+    assert all("lora_" in k or "trainable_tokens" in k or k in ("semantic_ids", "backbone_signature") for k in state)
 
 
 def test_test_prompt_all_reports_mean_min_max_over_templates(tmp_path):

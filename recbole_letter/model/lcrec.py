@@ -132,6 +132,10 @@ class LCRec(SemanticIDRecommender):
         )
         self.tokenizer = backbone.tokenizer
         self.backbone_name = backbone.name
+        # Fingerprint of the frozen base (its first embedding rows): LoRA checkpoints carry only
+        # adapters, so loading them onto another base must fail loudly, not silently mis-predict.
+        rows = backbone.model.get_input_embeddings().weight.detach()[: min(1024, len(self.tokenizer))].double()
+        self.register_buffer("backbone_signature", torch.stack([rows.sum(), rows.square().sum(), torch.tensor(float(rows.numel()), dtype=torch.float64)]))
         first = add_code_tokens(self.tokenizer, backbone.model, self.id_table.code_token_strings())
         self.place_code_tokens(first_token=first, pad_token=int(self.tokenizer.pad_token_id))
         self.finetune = str(self.require(config, "finetune")).lower()
@@ -299,6 +303,14 @@ class LCRec(SemanticIDRecommender):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Load a checkpoint of :meth:`state_dict`; with ``strict``, every trained tensor must be in it."""
+        saved = state_dict.get("backbone_signature")
+        if self.finetune == "lora" and saved is not None and not torch.allclose(
+            saved.cpu().double(), self.backbone_signature.cpu(), rtol=1e-6, atol=1e-8
+        ):
+            raise ValueError(
+                f"LCRec checkpoint's adapters were trained on another base LLM than {self.backbone_name}; "
+                "set llm_path (and llm_tiny_config) to the model it was trained with"
+            )
         expected = self._checkpoint_keys()
         missing = sorted(expected - set(state_dict))
         if strict and missing:
