@@ -33,10 +33,11 @@ from torch import nn
 LAYOUTS = ("auto", "dense", "sparse")
 
 # ``auto`` gives a level the dense layout only where that does less work per step ...
-# A dense slot is one addition; a sparse slot is two gathers and a mask, measured at 1.8-2.3x
+# A dense slot is one addition; a sparse slot is two gathers and a mask, measured at 1.7-3.6x
 # the cost of a dense slot on full tries where both score the same slots (benchmarks/scale.py,
-# last line of its table). So dense wins where a level's prefixes have almost all codes as
-# children (the first level or two), sparse where they have a few.
+# last line of its table). 2, the low end, leans towards the smaller sparse layout when the two
+# are close. So dense wins where a level's prefixes have almost all codes as children (the
+# first level or two), sparse where they have a few.
 SPARSE_SLOT_COST = 2.0
 # ... and only while all dense levels together stay below this size (a few MB is harmless; the
 # hundreds of MB to GB of deep levels in large catalogues are not).
