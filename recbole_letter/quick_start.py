@@ -67,7 +67,10 @@ def run_recbole_letter(
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed
 
+    from recbole_letter.validate import validate_config
+
     config, spec = build_config(model, dataset, config_files, config_dict)
+    validate_config(config, spec, config_dict, [str(f) for f in config_files or []])
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -160,28 +163,37 @@ def run_models(
     config_dict: dict | None = None,
     results_dir: str | Path | None = None,
     saved: bool = True,
-) -> tuple[list[dict[str, Any]], Path]:
+    debug: bool = False,
+) -> tuple[list[dict[str, Any]], Path | None]:
     """Run several models in turn on the same data; returns their results and the JSON path.
 
-    A model that fails is recorded with its error and the others still run; the JSON file is
-    rewritten after every model so finished results are never lost.
+    Every model's whole run is validated first (:func:`~recbole_letter.validate.validate_command`),
+    so bad input fails before any stage or training. A model that fails while running is recorded
+    with its error (one log line; the traceback with ``debug``) and the others still run; the
+    JSON file is rewritten after every model so finished results are never lost. The returned
+    path is None when no model got as far as writing it.
     """
-    specs = [resolve_model(m) for m in models]  # unknown names fail before any training
-    for spec in specs:  # so do config/data errors (missing dataset or column, bad metric, bad file)
-        build_config(spec, dataset, config_files, config_dict)
+    from recbole_letter.validate import validate_command
+
+    built = validate_command(models, dataset, config_files, config_dict)
+    specs = [spec for _, spec in built]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    root = Path(results_dir or (config_dict or {}).get("checkpoint_dir") or "saved") / "results"
+    root = Path(results_dir or built[0][0]["checkpoint_dir"] or "saved") / "results"
     out = root / f"{dataset}-{'-'.join(s.name for s in specs)}-{stamp}.json"
+    written: Path | None = None
     results: list[dict[str, Any]] = []
     for spec in specs:
         try:
             res = run_recbole_letter(spec.name, dataset, config_files, config_dict, saved=saved)
         except Exception as exc:  # keep the other models' results
-            LOGGER.error("model %s failed:\n%s", spec.name, traceback.format_exc())
+            if debug:
+                LOGGER.error("model %s failed:\n%s", spec.name, traceback.format_exc())
+            else:
+                LOGGER.error("model %s failed: %s: %s (--debug shows the traceback)", spec.name, type(exc).__name__, exc)
             res = {"model": spec.name, "dataset": dataset, "error": f"{type(exc).__name__}: {exc}"}
         results.append(res)
-        write_json_atomic({"dataset": dataset, "results": results}, out)
+        written = write_json_atomic({"dataset": dataset, "results": results}, out)
     splits = {r["split"] for r in results if "split" in r}
     if len(splits) > 1:
         LOGGER.warning("models ran on different data splits %s: their rows are not comparable", splits)
-    return results, out
+    return results, written

@@ -351,6 +351,9 @@ def prepare_study(
     # Build the config once on the driver: a missing dataset, bad file or unknown key fails now,
     # not N times inside Ray workers.
     config, spec = build_config(model, args.dataset, files, dict(overrides))
+    from recbole_letter.validate import validate_config
+
+    validate_config(config, spec, overrides, files)
     known = set(config.final_config_dict) | _documented_keys()
     unknown = [p.name for p in space if p.name not in known]
     if unknown:
@@ -649,10 +652,14 @@ def run_tuning(
     """``--tune`` entry point (called by :func:`recbole_letter.cli.main`); 0 if any trial finished."""
     from recbole_letter.quick_start import write_json_atomic
 
+    from recbole_letter.validate import InputError
+
     try:
         study = prepare_study(args, models, config_files, overrides)
+    except InputError:
+        raise
     except (HyperFileError, TuningError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise InputError(str(exc)) from None  # bad input: the CLI prints one line and exits 2
     print(f"tuning {study.model} on {study.dataset}: {args.tune_samples} trials, {args.tune_scheduler} scheduler, "
           f"experiment {study.experiment}")
     for param in study.space:

@@ -94,7 +94,7 @@ class GenerativeTrainer(Trainer):
         accum = self.accumulation_steps
         total_loss = None
         iter_data = (
-            tqdm(train_data, total=n_batches, ncols=100, desc=f"Train {epoch_idx:>5}")
+            tqdm(train_data, total=n_batches, ncols=100, desc=f"Train {epoch_idx:>5}", disable=None)
             if show_progress
             else train_data
         )

@@ -330,7 +330,9 @@ def fit_tokenizer(
         # codes that got an item since the last restart check, per level
         used = [torch.zeros(book.shape[0], dtype=torch.bool, device=device) for book in model.codebooks]
         train_seconds = 0.0
-        bar = tqdm(range(cfg.epochs), desc="tokenizer", disable=not progress, leave=False)
+        # disable=None: no bar when stderr is not a terminal (logs, `make demo | tee`), where tqdm
+        # would write one refresh line per update.
+        bar = tqdm(range(cfg.epochs), desc="tokenizer", disable=None if progress else True, leave=False)
         epoch_seconds: list[float] = []
         epoch_cpu_seconds: list[float] = []
         for epoch in bar:
