@@ -80,9 +80,11 @@ def run_recbole_letter(
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
     resolve_stages(spec.model_class, config, train_data._dataset)
+    # Reseed after the stages: whether they ran or came from the cache, the model starts from the
+    # same random state (stages also run under private RNG state, see recbole_letter.seeding).
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = spec.model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = spec.trainer_class(config, net)

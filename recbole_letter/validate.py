@@ -654,9 +654,13 @@ def uses_tokenizer(spec: Any, config: Any) -> str | None:
     method = getattr(spec.model_class, "method", None)
     if method in ("LETTER", "RQVAE"):
         return method
+    needs_ids = "semantic_id_table" in getattr(spec.model_class, "required_stages", ())
     value = config["item_tokenizer"]
-    if value is None:
+    if value is None and not needs_ids:
         return None
+    if config["semantic_id_table"] is not None:
+        return None  # handed in by the caller: no stage runs
+    value = value or "LETTER"
     upper = str(value).upper()
     return upper if upper in ("LETTER", "RQVAE") else str(value)
 
