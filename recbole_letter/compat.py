@@ -267,7 +267,17 @@ def trusted_checkpoint_trainer(base: type) -> type:
                     "optimizer": self.optimizer.state_dict(),
                     CHECKPOINT_MARKER: checkpoint_marker(self._checkpoint_data),
                 }
-                torch.save(state, saved_model_file, pickle_protocol=4)
+                extra = getattr(self, "extra_checkpoint_state", None)
+                if extra is not None:  # e.g. the generative trainer's LR schedule and RNG state
+                    state.update(extra())
+                # temp file + rename: a Ctrl-C or crash mid-save never leaves a truncated .pth
+                tmp = f"{saved_model_file}.tmp-{os.getpid()}"
+                try:
+                    torch.save(state, tmp, pickle_protocol=4)
+                    os.replace(tmp, saved_model_file)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
                 if verbose:
                     self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
@@ -280,6 +290,9 @@ def trusted_checkpoint_trainer(base: type) -> type:
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            restore = getattr(self, "restore_extra_checkpoint_state", None)
+            if restore is not None:
+                restore(checkpoint)
             self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
         def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
