@@ -780,38 +780,42 @@ def test_leftovers_of_a_killed_run_are_cleaned(filled_cache, tmp_path, fake_enco
 def _subprocess(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, str(REPO / "run_recbole_letter.py"), *args], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+        [sys.executable, str(REPO / "run_recbole_letter.py"), *args], cwd=cwd, env=env, text=True, **kwargs
     )
 
 
 def test_subprocess_exit_2_without_traceback_and_debug_shows_it(env: Env) -> None:
     bad = env.args("SASRec", "--learning_rate=abc")
-    proc = _subprocess(bad, env.work)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = _subprocess(bad, env.work, **pipes)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in out + err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip().splitlines()[-1]]
     assert "learning_rate" in err
 
-    proc = _subprocess(bad + ["--debug"], env.work)
+    proc = _subprocess(bad + ["--debug"], env.work, **pipes)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" in err and "learning_rate" in err
 
 
 def test_ctrl_c_is_one_line_exit_130_and_nothing_half_written(env: Env) -> None:
-    args = [a for a in env.args("SASRec") if not a.startswith(("--epochs", "--state"))] + ["--epochs=500", "--state=INFO"]
-    proc = _subprocess(args, env.work)
+    args = [a for a in env.args("SASRec") if not a.startswith(("--epochs", "--state"))] + ["--epochs=100000", "--stopping_step=100000", "--state=INFO"]
+    # files, not pipes: a long run's log would fill a pipe nobody reads yet and block the child
+    out_path, err_path = env.work / "stdout.txt", env.work / "stderr.txt"
+    with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
+        proc = _subprocess(args, env.work, stdout=out_file, stderr=err_file)
     deadline = time.time() + 240
     started = False
     while time.time() < deadline and not started:  # wait until training has begun
         time.sleep(0.5)
         logs = list((env.work / "log").rglob("*.log")) if (env.work / "log").exists() else []
         started = any("epoch 0 training" in p.read_text(errors="replace") for p in logs)
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, err_path.read_text()
     assert started
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    out, err = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in out + err
     assert "interrupted" in err.strip().splitlines()[-1]
