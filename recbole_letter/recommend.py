@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from recbole_letter import compat
 LOGGER = logging.getLogger("recbole_letter")
 HISTORY_MODES = ("full", "test")
 FORMATS = ("table", "json", "csv")
-_TITLE_WIDTH = 60
+_TITLE_WIDTH = 40
 
 
 class RecommendError(ValueError):
@@ -457,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.output, "w", encoding="utf-8", newline="") as out:
                 return run(args, out)
         return run(args, sys.stdout)
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (RecommendError, compat.UntrustedCheckpointError, compat.CheckpointMismatchError,
             FileNotFoundError, DatasetNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")

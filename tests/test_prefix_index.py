@@ -11,17 +11,10 @@ from recbole_letter.generation import prefix_index as prefix_index_module
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
 from recbole_letter.generation.prefix_index import PrefixIndex
 from recbole_letter.tokenization.semantic_ids import make_unique
+from decoding import TableStepper, unique_table
 
 torch.set_num_threads(1)
 LAYOUTS = ("dense", "sparse")
-
-
-def unique_table(n_items: int, n_levels: int, n_codes: int, seed: int) -> np.ndarray:
-    """Random distinct code tuples for items 1..n_items, row 0 = padding (-1)."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(n_codes**n_levels, size=n_items, replace=False)
-    codes = np.stack([(flat // n_codes**p) % n_codes for p in reversed(range(n_levels))], axis=1)
-    return np.concatenate([np.full((1, n_levels), -1), codes]).astype(np.int64)
 
 
 def colliding_then_resolved(n_items: int, n_levels: int, n_codes: int, seed: int) -> np.ndarray:
@@ -33,45 +26,25 @@ def colliding_then_resolved(n_items: int, n_levels: int, n_codes: int, seed: int
     return np.concatenate([np.full((1, resolved.shape[1]), -1), resolved]).astype(np.int64)
 
 
-class MarkovStepper:
-    """Model-free stepper: next-token log-probs depend on the context row and the last token only.
-
-    A fixed random table keeps the test exact (no float noise from batched matmuls whose shapes
-    differ between layouts) while still giving every beam a different distribution.
-    """
-
-    def __init__(self, batch: int, vocab: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.table = torch.log_softmax(3 * torch.randn(batch, vocab, vocab, generator=g), dim=-1)
-        self.rows = torch.arange(batch)[:, None]
-        self.last = torch.zeros(batch, 1, dtype=torch.long)
-
-    def start(self) -> torch.Tensor:
-        return self.table[self.rows, self.last]
-
-    def advance(self, parent: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        self.last = tokens
-        return self.table[self.rows, tokens]
-
-
 def offsets_for(index: PrefixIndex) -> list[int]:
     return [2 + sum(index.level_sizes[:l]) for l in range(index.n_levels)]
 
 
-def oracle_scores(stepper: MarkovStepper, table: np.ndarray, offsets: list[int]) -> torch.Tensor:
-    """Exact sequence log-prob of every item under the Markov stepper; column 0 (padding) = -inf."""
-    tokens = torch.as_tensor(table[1:]) + torch.tensor(offsets)
-    prev = torch.cat([torch.zeros(len(tokens), 1, dtype=torch.long), tokens[:, :-1]], dim=1)
-    logp = stepper.table[:, prev, tokens].sum(-1)  # [B, n_items]
-    return torch.cat([torch.full((logp.shape[0], 1), float("-inf")), logp], dim=1)
+def oracle_scores(stepper: TableStepper, table: np.ndarray, offsets: list[int]) -> torch.Tensor:
+    """Exact sequence log-prob of every item; column 0 (padding) = -inf."""
+    logp = stepper.sequence_log_probs(torch.as_tensor(table[1:]) + torch.tensor(offsets))
+    return torch.cat([torch.full((logp.shape[0], 1), float("-inf"), dtype=logp.dtype), logp], dim=1)
 
 
 def search(table: np.ndarray, layout: str, beam: int, batch: int = 6, seed: int = 0):
+    """Beam search over fixed log-prob tables (exact arithmetic: no float noise from batched
+    matmuls whose shapes could differ between layouts)."""
     index = PrefixIndex(table, layout=layout)
     offsets = offsets_for(index)
-    stepper = MarkovStepper(batch, 2 + sum(index.level_sizes), seed)
+    tables = TableStepper(batch, 2 + sum(index.level_sizes), index.n_levels, seed)
+    stepper = tables.for_contexts(torch.arange(batch))
     items, scores = constrained_beam_search(stepper, index, offsets, beam)
-    return index, stepper, offsets, items, scores
+    return index, tables, offsets, items, scores
 
 
 # ---------------------------------------------------------------- structure

@@ -166,3 +166,19 @@ def test_resolve_stages_keeps_a_given_table_and_rejects_unknown_stages(setup):
 
     with pytest.raises(ValueError, match="requires the stage 'magic', which is unknown"):
         resolve_stages(NeedsMagic, config, dataset)
+
+
+def test_large_evaluation_matrices_are_announced(setup, caplog, monkeypatch):
+    """RecBole's full-sort batch needs [eval_batch_size, n_items] scores + a hit matrix: warn when big."""
+    from recbole_letter.model import base
+
+    config, dataset, _ = setup
+    config["semantic_id_table"] = table_for(dataset)
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        FixedTableGenerator(config, dataset)
+    assert "full-sort evaluation holds" not in caplog.text
+    needed = 8 * config["eval_batch_size"] * dataset.item_num
+    monkeypatch.setattr(base, "EVAL_MATRIX_WARN_BYTES", needed - 1)
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        FixedTableGenerator(config, dataset)
+    assert "full-sort evaluation holds" in caplog.text and "lower eval_batch_size" in caplog.text

@@ -354,3 +354,43 @@ def test_real_recbole_dataset_alignment(tmp_path: Path, calls: list, monkeypatch
     for iid in range(1, dataset.item_num):
         token = str(dataset.id2token(dataset.iid_field, iid))
         np.testing.assert_allclose(out[iid], fake_vec(expected[token]), rtol=1e-6, err_msg=token)
+
+
+# ---------------------------------------------------------------------------------------------
+# text_encoder: llm (the LLM backbone's own mean-pooled hidden states)
+# ---------------------------------------------------------------------------------------------
+def test_llm_encoder_same_vector_batched_or_not() -> None:
+    from recbole_letter.llm.backbone import load_backbone
+    from recbole_letter.llm.embedding import mean_pooled_states
+
+    backbone = load_backbone("tiny-random", seed=3)
+    texts = ["Toy Story", "GoldenEye, a 1995 spy film with a much longer description", "", "Heat", "Toy Story"]
+    batched = mean_pooled_states(backbone.model, backbone.tokenizer, texts, batch_size=8)
+    alone = np.stack([mean_pooled_states(backbone.model, backbone.tokenizer, [t], batch_size=1)[0] for t in texts])
+    assert batched.shape == (5, 64) and np.isfinite(batched).all()
+    # padding (right side, masked out of the mean) must not change any text's vector
+    np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(batched[0], batched[4])
+    # different texts give different vectors, so the test above is not vacuous
+    assert np.abs(batched[0] - batched[1]).max() > 1e-3
+    # the empty text pools over the EOS state instead of dividing by zero
+    eos_only = mean_pooled_states(backbone.model, backbone.tokenizer, [backbone.tokenizer.eos_token])[0]
+    np.testing.assert_allclose(batched[2], eos_only, atol=1e-5)
+
+
+def test_llm_encoder_in_stage_cached_and_keyed_by_backbone(tmp_path: Path, data_dir: Path, warnings_log) -> None:
+    cfg = make_config(data_dir, tmp_path, text_encoder="llm", llm_path="tiny-random", llm_dtype="float32",
+                      llm_tiny_config={"hidden_size": 32, "intermediate_size": 64}, seed=5, text_encoder_batch_size=2)
+    ds = FakeDataset(["10", "20", "40"])
+    first = te.item_text_embeddings(cfg, ds)
+    assert first.shape == (4, 32)
+    np.testing.assert_allclose(np.linalg.norm(first[1:], axis=1), 1.0, rtol=1e-5)
+    warnings_log.clear()
+    again = te.item_text_embeddings(dict(cfg, text_encoder_batch_size=7), ds)
+    assert "cache hit" in warnings_log.text
+    np.testing.assert_array_equal(again, first)
+    # another backbone (here: another random seed) is another cache entry with other vectors
+    other = te.item_text_embeddings(dict(cfg, seed=6), ds)
+    assert not np.allclose(other[1:], first[1:], atol=1e-3)
+    with pytest.raises(ValueError, match="text_encoder=llm needs llm_path"):
+        te.item_text_embeddings(dict(cfg, llm_path=None), ds)

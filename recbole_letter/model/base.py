@@ -11,7 +11,8 @@ tuple of the next item. Everything that does not depend on the network lives her
 * the :class:`~recbole_letter.generation.prefix_index.PrefixIndex` of valid prefixes and the
   ``beam_size >= max(topk)`` check at start-up;
 * chunked ``full_sort_predict`` through
-  :func:`~recbole_letter.generation.beam_search.constrained_beam_search` and ``scatter_scores``;
+  :func:`~recbole_letter.generation.beam_search.constrained_beam_search` and ``scatter_scores``,
+  writing into the one ``[users, n_items]`` matrix RecBole's evaluator needs;
 * teacher-forced ``predict`` (sampled evaluation);
 * refusing a checkpoint trained on another ID table.
 
@@ -21,6 +22,7 @@ calls :meth:`place_code_tokens` once it knows its vocabulary, and implements ``c
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,9 @@ from recbole_letter.generation.trainer import GenerativeTrainer
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable
 
 SEMANTIC_ID_TABLE = "semantic_id_table"
+LOGGER = logging.getLogger("recbole_letter")
+# Above this, RecBole's per-batch full-sort matrices are worth a start-up warning.
+EVAL_MATRIX_WARN_BYTES = 2 * 2**30
 
 
 class SemanticIDRecommender(SequentialRecommender):
@@ -65,6 +70,23 @@ class SemanticIDRecommender(SequentialRecommender):
         if self.decode_batch_size < 1:
             raise ValueError(f"decode_batch_size must be >= 1, got {self.decode_batch_size}")
         self.token_offsets: list[int] = []
+        self._warn_on_large_eval_matrices(config)
+
+    def _warn_on_large_eval_matrices(self, config: Any) -> None:
+        """Large catalogues: say before training what RecBole's full-sort evaluation will hold.
+
+        Per evaluation batch RecBole takes ``[eval_batch_size, n_items]`` float scores from
+        ``full_sort_predict`` and builds an int32 hit matrix of the same shape: 8 bytes per
+        (user, item). With 1M items and the default 2048 users per batch that is 16 GB.
+        """
+        users = int(config["eval_batch_size"] or 0)
+        needed = 8 * users * self.n_items
+        if needed > EVAL_MATRIX_WARN_BYTES:
+            LOGGER.warning(
+                "full-sort evaluation holds ~%.1f GB per batch (%d users x %d items x 8 bytes: scores + "
+                "RecBole's hit matrix); lower eval_batch_size (e.g. to %d) if memory is short",
+                needed / 2**30, users, self.n_items, max(1, EVAL_MATRIX_WARN_BYTES // (8 * self.n_items)),
+            )
 
     def require(self, config: Any, key: str) -> Any:
         """``config[key]``; a missing key names the model's YAML that defines it."""
@@ -127,15 +149,18 @@ class SemanticIDRecommender(SequentialRecommender):
     def full_sort_predict(self, interaction: Any) -> torch.Tensor:
         """``[B, n_items]``: beam log-probs for the beam's items, ``-inf`` for all others.
 
-        Users are decoded ``decode_batch_size`` at a time to bound the decoder's per-user state
-        (RecBole's sequential full-sort batches hold ``eval_batch_size`` users).
+        RecBole's full-sort evaluator takes this dense matrix per evaluation batch; it is
+        allocated once and each chunk of ``decode_batch_size`` users (which bounds the decoder's
+        per-user state) fills its rows in place, so no second copy is made by concatenation.
         """
-        chunks = []
+        out = None
         for start in range(0, len(interaction), self.decode_batch_size):
             part = interaction[start : start + self.decode_batch_size]
             items, scores = self.beam_search(part)
-            chunks.append(scatter_scores(items, scores, self.n_items))
-        return torch.cat(chunks, dim=0)
+            if out is None:
+                out = torch.empty(len(interaction), self.n_items, dtype=scores.dtype, device=scores.device)
+            scatter_scores(items, scores, self.n_items, out=out[start : start + len(part)])
+        return out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Refuse checkpoints trained on other semantic IDs: their codes would mean other items."""

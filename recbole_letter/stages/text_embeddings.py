@@ -6,8 +6,11 @@ Config keys read (defaults in brackets):
     item_text_fields          [None]     ``.item`` columns joined into the text, in order;
                                          None = every token/token_seq column except the id
     item_text_max_chars       [None]     truncate each item's text to this many characters
-    text_encoder              ["minilm"] "minilm" (packaged all-MiniLM-L6-v2), a registered
-                                         name, or a local sentence-transformers / HF model dir
+    text_encoder              ["minilm"] "minilm" (packaged all-MiniLM-L6-v2), "llm" (the LLM
+                                         backbone of ``llm_path``: mean-pooled hidden states, see
+                                         :mod:`recbole_letter.llm.embedding`), a registered name,
+                                         or a local sentence-transformers / HF model dir
+    llm_path, llm_dtype, llm_tiny_config, seed   the backbone, read only for text_encoder=llm
     text_encoder_batch_size   [64]       texts per forward pass (not part of the cache key)
     text_max_length           [256]      encoder token limit per text
     text_normalize            [True]     L2-normalise the embeddings
@@ -36,6 +39,7 @@ import pandas as pd
 
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.data.item_text import default_text_fields, item_file_for, read_item_table, texts_from_table
+from recbole_letter.llm.embedding import POOLING, BackboneSpec
 from recbole_letter.stages.stage_cache import directory_fingerprint, stage_cache_for, stage_key
 
 logger = logging.getLogger("recbole_letter")
@@ -64,6 +68,7 @@ class EncoderSettings:
     batch_size: int = 64
     max_length: int = 256
     device: str = "cpu"
+    backbone: BackboneSpec | None = None  # set for text_encoder=llm only
 
 
 class TextEncoder(Protocol):
@@ -189,6 +194,57 @@ def _minilm_dir() -> Path:
 register_text_encoder("minilm", lambda spec, s: SentenceTransformerEncoder(_minilm_dir(), s, label="minilm"))
 
 
+class LLMTextEncoder:
+    """``text_encoder: llm``: the LLM backbone's own mean-pooled last hidden states.
+
+    The identity names the backbone's *files* (a fingerprint of the SmolLM2 wheel or the local
+    model directory) and dtype, or for ``tiny-random`` its seed, shape and the transformers
+    version that initialised it; the backbone itself is only loaded on a cache miss.
+    """
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        if settings.backbone is None:
+            raise ValueError("text_encoder=llm needs the llm_path / llm_dtype / llm_tiny_config keys in the config")
+        from recbole_letter.llm.backbone import SMOLLM2, TINY_RANDOM, smollm2_dir
+
+        self.settings = settings
+        spec = settings.backbone
+        key = spec.path.lower()
+        if key == TINY_RANDOM:
+            import transformers
+
+            source = f"tiny-random:seed={spec.seed}:shape={spec.tiny_config}:transformers={transformers.__version__}"
+        else:
+            folder = smollm2_dir() if key == SMOLLM2 else Path(spec.path).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"llm_path {spec.path!r} is not 'smollm2', 'tiny-random' or an existing directory; give a "
+                    "local Hugging Face causal-LM directory (nothing is downloaded from a hub)"
+                )
+            source = directory_fingerprint(folder)
+        self._identity = f"llm:{POOLING}:{source}:{spec.dtype}"
+        self._backbone: Any = None
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        from recbole_letter.llm.backbone import load_backbone
+        from recbole_letter.llm.embedding import mean_pooled_states
+
+        spec = self.settings.backbone
+        if self._backbone is None:
+            self._backbone = load_backbone(spec.path, spec.dtype, spec.seed, spec.tiny_overrides)
+            self._backbone.model.to(self.settings.device)
+        return mean_pooled_states(
+            self._backbone.model, self._backbone.tokenizer, texts, self.settings.batch_size, self.settings.max_length
+        )
+
+
+register_text_encoder("llm", lambda spec, s: LLMTextEncoder(s))
+
+
 def resolve_text_encoder(spec: str, settings: EncoderSettings) -> TextEncoder:
     """Turn a ``text_encoder`` value into an encoder; never downloads anything.
 
@@ -255,6 +311,15 @@ def _fields(config: Any) -> list[str] | None:
     return list(value)
 
 
+def _backbone_spec(config: Any) -> BackboneSpec | None:
+    """The LLM to embed with when ``text_encoder`` is ``llm`` (its ``llm_*`` keys), else None."""
+    if str(_cfg(config, "text_encoder")).strip() != "llm":
+        return None
+    return BackboneSpec.from_values(
+        _cfg(config, "llm_path"), _cfg(config, "llm_dtype"), _cfg(config, "seed"), _cfg(config, "llm_tiny_config")
+    )
+
+
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
@@ -298,6 +363,7 @@ def item_text_embeddings(config: Any, dataset: Any) -> np.ndarray:
         batch_size=_positive_int(config, "text_encoder_batch_size"),
         max_length=_positive_int(config, "text_max_length"),
         device=str(_cfg(config, "device") or "cpu"),
+        backbone=_backbone_spec(config),
     )
     normalize = _as_bool(config, "text_normalize")
 
