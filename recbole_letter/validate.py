@@ -720,7 +720,7 @@ def check_stage_inputs(config: Any, spec: Any, scan: AtomicScan) -> None:
 def _check_text_stage(config: Any) -> None:
     """Item text -> embeddings will run: the ``.item`` file, its columns and the encoder must exist."""
     from recbole_letter.data.item_text import default_text_fields, item_file_for
-    from recbole_letter.stages.text_embeddings import EncoderSettings, resolve_text_encoder
+    from recbole_letter.stages.text_embeddings import encoder_settings, resolve_text_encoder
 
     item_file = item_file_for(config)
     if not item_file.is_file():
@@ -751,7 +751,7 @@ def _check_text_stage(config: Any) -> None:
         )
     spec = config["text_encoder"] or "minilm"
     try:
-        resolve_text_encoder(str(spec), EncoderSettings(batch_size=1, max_length=8, device="cpu"))
+        resolve_text_encoder(str(spec), encoder_settings(config))  # cheap: models load on first encode
     except (ValueError, OSError, ImportError) as err:
         raise _as_input_error(err) from None
 
