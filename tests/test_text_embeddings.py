@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+import yaml
+
 import recbole_letter  # noqa: F401  (applies the numpy-2 shims RecBole needs)
+from recbole_letter.config import PROPERTIES_DIR
 from recbole_letter.stages import text_embeddings as te
 from recbole_letter.data.item_matrix import load_item_matrix, sidecar_paths
 from recbole_letter.data.item_text import item_texts
@@ -83,8 +86,16 @@ def data_dir(tmp_path: Path) -> Path:
     return d
 
 
+# The stage's keys with their one set of defaults, read from the YAML the runner loads.
+STAGE_KEYS = ("item_embedding_file", "item_text_fields", "item_text_max_chars", "text_encoder",
+              "text_encoder_batch_size", "text_max_length", "text_normalize")
+OVERALL = yaml.safe_load((PROPERTIES_DIR / "overall.yaml").read_text(encoding="utf-8"))
+STAGE_DEFAULTS = {key: OVERALL[key] for key in STAGE_KEYS}
+
+
 def make_config(data_dir: Path, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     cfg = {
+        **STAGE_DEFAULTS,
         "data_path": str(data_dir),
         "dataset": "toy",
         "checkpoint_dir": str(tmp_path / "saved"),
@@ -252,6 +263,10 @@ def test_stage_config_errors(tmp_path: Path, data_dir: Path, calls: list) -> Non
         te.item_text_embeddings(make_config(data_dir, tmp_path, item_text_fields=["plot"]), ds)
     with pytest.raises(ValueError, match="text_encoder_batch_size must be a positive int"):
         te.item_text_embeddings(make_config(data_dir, tmp_path, text_encoder_batch_size=0), ds)
+    without_key = make_config(data_dir, tmp_path)
+    del without_key["text_max_length"]  # no default in code: the error names the YAML that has it
+    with pytest.raises(ValueError, match="'text_max_length' is missing; load properties/overall.yaml"):
+        te.item_text_embeddings(without_key, ds)
     assert calls == []
     # nothing half-written was left behind by the failures
     stage_dir = tmp_path / "saved" / "stages" / te.STAGE
@@ -332,6 +347,7 @@ def test_real_recbole_dataset_alignment(tmp_path: Path, calls: list, monkeypatch
         model="SASRec",
         dataset="toy",
         config_dict={
+            **STAGE_DEFAULTS,
             "data_path": str(tmp_path / "data"),
             "checkpoint_dir": str(tmp_path / "saved"),
             "train_neg_sample_args": None,

@@ -49,7 +49,6 @@ import json
 import os
 import re
 import sys
-import uuid
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -57,6 +56,8 @@ from typing import IO, Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from recbole_letter.atomic import StagedFiles
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -258,42 +259,6 @@ def _check_ids(values: pd.Series, what: str, source: Path) -> None:
         raise ValueError(f"{source}: empty {what} id found; remove records without a {what} id")
 
 
-class _StagedOutputs:
-    """Collect outputs as temp files in their final directory; move them in only on success."""
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-
-    def _tmp_for(self, final: Path) -> Path:
-        # A unique name opened with mode "x" (not mkstemp, which forces 0600) so the final file
-        # gets the usual umask permissions.
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        self._pending.append((tmp, final))
-        return tmp
-
-    def write(self, final: Path, writer: Callable[[IO[str]], None]) -> None:
-        tmp = self._tmp_for(final)
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            writer(fh)
-
-    def copy_bytes(self, src: Path, final: Path) -> None:
-        tmp = self._tmp_for(final)
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
-
-    def commit(self) -> None:
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-        self._pending.clear()
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
-        self._pending.clear()
-
-
 def _frame_writer(header: Sequence[str], frame: pd.DataFrame) -> Callable[[IO[str]], None]:
     """Writer for a tab-separated atomic file with RecBole's ``name:type`` header.
 
@@ -466,7 +431,7 @@ def convert_letter(
     if empty_users:
         summary.notes.append(f"{empty_users} users with no items skipped")
 
-    staged = _StagedOutputs()
+    staged = StagedFiles()
     try:
         staged.write(
             summary.inter_path,
@@ -693,7 +658,7 @@ def convert_amazon(
         if item_frame is None:
             summary.notes.append("metadata has no text for the kept items")
 
-    staged = _StagedOutputs()
+    staged = StagedFiles()
     try:
         staged.write(summary.inter_path, _frame_writer(header, inter))
         if item_frame is not None:

@@ -14,7 +14,9 @@ tuple of the next item. Everything that does not depend on the network lives her
   :func:`~recbole_letter.generation.beam_search.constrained_beam_search` and ``scatter_scores``,
   writing into the one ``[users, n_items]`` matrix RecBole's evaluator needs;
 * teacher-forced ``predict`` (sampled evaluation);
-* refusing a checkpoint trained on another ID table.
+* refusing a checkpoint trained on another ID table;
+* :meth:`add_items`: new items (or the dataset's cold-start items, which may have no code in
+  the table) become recommendable once given codes, without retraining; no existing code changes.
 
 A subclass supplies two hooks: :meth:`make_stepper` (the network's decoding state for a batch of
 interactions) and :meth:`item_log_probs` (teacher-forced log-probabilities of given items). It
@@ -55,7 +57,8 @@ class SemanticIDRecommender(SequentialRecommender):
         self.id_table = self._checked_table(config[SEMANTIC_ID_TABLE])
         table = np.array(self.id_table.table)  # writable copy: torch refuses read-only arrays
         self.register_buffer("semantic_ids", torch.as_tensor(table, dtype=torch.long))
-        self.index = PrefixIndex(table, layout=str(self.require(config, "prefix_index")))
+        self.prefix_layout = str(self.require(config, "prefix_index"))
+        self.index = PrefixIndex(table, layout=self.prefix_layout)
         self.n_levels = self.index.n_levels
 
         self.beam_size = int(self.require(config, "beam_size"))
@@ -115,9 +118,47 @@ class SemanticIDRecommender(SequentialRecommender):
     def place_code_tokens(self, first_token: int, pad_token: int) -> None:
         """Put the code tokens at ``first_token..`` of the vocabulary (layout from the table) and
         build ``item_tokens``: every item's code tokens, padding item -> ``pad_token``."""
+        self._code_token_layout = (int(first_token), int(pad_token))
         self.token_offsets = self.id_table.token_offsets(first_token)
         item_tokens = torch.as_tensor(self.id_table.item_token_table(first_token, pad_token))
-        self.register_buffer("item_tokens", item_tokens, persistent=False)
+        self.register_buffer("item_tokens", item_tokens.to(self.semantic_ids.device), persistent=False)
+
+    def add_items(self, codes: np.ndarray, item_ids: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Make items recommendable with the given ``codes`` ``[n, L]``; returns their internal ids.
+
+        ``item_ids`` are dataset items without a code yet (cold-start rows of the table);
+        ``None`` appends new items after the last id, so ``full_sort_predict`` grows by ``n``
+        columns. The prefix tables and token tables are rebuilt; the network is untouched, the
+        codes must lie in its code vocabulary, and no existing item's code may change (checked by
+        :meth:`SemanticIDTable.with_new_items`).
+        """
+        table = self.id_table.with_new_items(codes, item_ids)
+        ids = np.arange(self.id_table.n_items + 1, table.n_items + 1) if item_ids is None else np.asarray(item_ids)
+        self.set_id_table(table)
+        return ids
+
+    def set_id_table(self, table: SemanticIDTable) -> None:
+        """Switch to ``table``, an extension of the current one (same level sizes, every existing
+        row unchanged), and rebuild everything derived from it."""
+        old = self.id_table.table
+        same = table.level_sizes == self.id_table.level_sizes and table.n_items >= self.id_table.n_items
+        kept = old[self.id_table.assigned]
+        if not same or not np.array_equal(table.table[: len(old)][self.id_table.assigned], kept):
+            raise ValueError(
+                "the new semantic-ID table must extend the current one: same level sizes and every "
+                "existing item's code unchanged (use add_items)"
+            )
+        device = self.semantic_ids.device
+        self.id_table = table
+        self.semantic_ids = torch.as_tensor(np.array(table.table), dtype=torch.long, device=device)
+        self.index = PrefixIndex(np.array(table.table), layout=self.prefix_layout).to(device)
+        self.n_items = table.n_items + 1
+        if self.token_offsets:
+            self.place_code_tokens(*self._code_token_layout)
+        self.on_id_table_changed()
+
+    def on_id_table_changed(self) -> None:
+        """Hook: a subclass rebuilds what it derived from the ID table (e.g. prompt code strings)."""
 
     @property
     def n_code_tokens(self) -> int:

@@ -1,6 +1,7 @@
 """Item text -> semantic embeddings, the input of the LETTER / RQ-VAE tokenizer.
 
-Config keys read (defaults in brackets):
+Config keys read (defaults, in brackets, come from ``properties/overall.yaml``; a key missing from
+a hand-built config is an error that names that file):
     item_embedding_file       [None]     precomputed ``.npy``; skips text and encoder entirely
                                          (row order: see :mod:`recbole_letter.data.item_matrix`)
     item_text_fields          [None]     ``.item`` columns joined into the text, in order;
@@ -37,6 +38,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from recbole_letter.config import require
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.data.item_text import default_text_fields, item_file_for, read_item_table, texts_from_table
 from recbole_letter.llm.embedding import POOLING, BackboneSpec
@@ -46,17 +48,6 @@ logger = logging.getLogger("recbole_letter")
 
 STAGE = "text_embeddings"
 _FORMAT_VERSION = 1  # bump when the stored layout or text format changes
-
-DEFAULTS: dict[str, Any] = {
-    "item_embedding_file": None,
-    "item_text_fields": None,
-    "item_text_max_chars": None,
-    "text_encoder": "minilm",
-    "text_encoder_batch_size": 64,
-    "text_max_length": 256,
-    "text_normalize": True,
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Encoders
@@ -278,12 +269,16 @@ def resolve_text_encoder(spec: str, settings: EncoderSettings) -> TextEncoder:
 # The stage
 # ---------------------------------------------------------------------------------------------
 def _cfg(config: Any, key: str) -> Any:
-    """Config value or our default; RecBole returns None for unset keys."""
+    """One of this stage's keys (``~`` allowed where it means "not set"); no code defaults."""
+    return require(config, key, allow_none=True)
+
+
+def _recbole_key(config: Any, key: str) -> Any:
+    """A RecBole key (always set in a RecBole Config); None when a plain dict lacks it."""
     try:
-        value = config[key]
+        return config[key]
     except KeyError:
-        value = None
-    return DEFAULTS.get(key) if value is None else value
+        return None
 
 
 def _positive_int(config: Any, key: str) -> int:
@@ -325,7 +320,7 @@ def encoder_settings(config: Any) -> EncoderSettings:
     return EncoderSettings(
         batch_size=_positive_int(config, "text_encoder_batch_size"),
         max_length=_positive_int(config, "text_max_length"),
-        device=str(_cfg(config, "device") or "cpu"),
+        device=str(_recbole_key(config, "device") or "cpu"),
         backbone=_backbone_spec(config),
     )
 
@@ -364,8 +359,8 @@ def item_text_embeddings(config: Any, dataset: Any) -> np.ndarray:
     if precomputed:
         return pad_item_matrix(load_item_matrix(precomputed, tokens, "item_embedding_file"))
 
-    id_field = _cfg(config, "ITEM_ID_FIELD") or dataset.iid_field
-    sep = _cfg(config, "field_separator") or "\t"
+    id_field = _recbole_key(config, "ITEM_ID_FIELD") or dataset.iid_field
+    sep = _recbole_key(config, "field_separator") or "\t"
     item_file = item_file_for(config)
     fields = _fields(config)
     max_chars = _cfg(config, "item_text_max_chars")
