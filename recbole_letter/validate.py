@@ -290,8 +290,10 @@ def value_rules() -> dict[str, Rule]:
 # ----------------------------------------------------------------------------- where a value came from
 
 
-def _source(key: str, overrides: Mapping[str, Any], user_files: Sequence[str]) -> str:
+def _source(key: str, overrides: Mapping[str, Any], user_files: Sequence[str], context: str | None = None) -> str:
     """How to tell the user where ``key`` was set: the flag, the user's YAML file, or the defaults."""
+    if context is not None:
+        return f"{context}: {key}"
     if key in overrides:
         return f"--{key}={overrides[key]}"
     for f in reversed(list(user_files)):
@@ -320,8 +322,12 @@ def _user_value(key: str, overrides: Mapping[str, Any], user_files: Sequence[str
     return None
 
 
-def _fix_hint(key: str, example: str, overrides: Mapping[str, Any], user_files: Sequence[str]) -> str:
+def _fix_hint(
+    key: str, example: str, overrides: Mapping[str, Any], user_files: Sequence[str], context: str | None = None
+) -> str:
     value = example[5:] if example.startswith("e.g. ") else example
+    if context is not None:
+        return f"Fix: e.g. {context}={{{key}: {value}}}."
     if key in overrides or not user_files:
         return f"Fix: e.g. --{key}={value}."
     return f"Fix: e.g. '{key}: {value}'."
@@ -336,8 +342,12 @@ def check_values(
     model_files: Sequence[str | os.PathLike[str]] = (),
     overrides: Mapping[str, Any] | None = None,
     user_files: Sequence[str] = (),
+    context: str | None = None,
 ) -> None:
-    """Types of user-set keys, ranges of every known key, and relations between keys."""
+    """Types of user-set keys, ranges of every known key, and relations between keys.
+
+    ``context`` names a nested set of keys in messages (``cf_config``: the CF model's overrides).
+    """
     overrides = dict(overrides or {})
     declared = declared_keys(model_name, model_files)
     user_keys = set(overrides)
@@ -345,6 +355,8 @@ def check_values(
         user_keys |= set(load_yaml_file(f))
     final = config.final_config_dict if hasattr(config, "final_config_dict") else dict(config)
     for key in sorted(user_keys):
+        if key not in declared and context is None:
+            _warn_if_typo(key, declared)
         if key not in final or key not in declared:
             continue
         value = final[key]
@@ -353,8 +365,8 @@ def check_values(
             continue
         if type_matches(value, decl.type) is False:
             raise InputError(
-                f"{_source(key, overrides, user_files)}: {value!r} is not a valid {decl.type}. "
-                f"{_fix_hint(key, 'e.g. ' + (decl.default or '...'), overrides, user_files)}"
+                f"{_source(key, overrides, user_files, context)}: {value!r} is not a valid {decl.type}. "
+                f"{_fix_hint(key, 'e.g. ' + (decl.default or '...'), overrides, user_files, context)}"
             )
     for key, rule in value_rules().items():
         if key not in final:
@@ -364,10 +376,19 @@ def check_values(
             continue
         if not rule.check(value):
             raise InputError(
-                f"{_source(key, overrides, user_files)}: {value!r} must be {rule.expect}. "
-                f"{_fix_hint(key, rule.example, overrides, user_files)}"
+                f"{_source(key, overrides, user_files, context)}: {value!r} must be {rule.expect}. "
+                f"{_fix_hint(key, rule.example, overrides, user_files, context)}"
             )
     _check_relations(final, overrides, user_files, user_keys)
+
+
+def _warn_if_typo(key: str, declared: Mapping[str, Declared]) -> None:
+    """RecBole keeps unknown keys silently; a near-miss of a declared key is almost always a typo."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(declared), n=1, cutoff=0.85)
+    if close:
+        LOGGER.warning("config key %r is not read by this model; did you mean %r? (it is kept but unused)", key, close[0])
 
 
 def _max_topk(final: Mapping[str, Any]) -> int:
@@ -665,10 +686,25 @@ def uses_tokenizer(spec: Any, config: Any) -> str | None:
     return upper if upper in ("LETTER", "RQVAE") else str(value)
 
 
+_REMEDY = re.compile(
+    r"(?:: |; )(?=(?:add|check|clean|correct|download|fit|give|install|keep|pass|point|put|rebuild|recompute|refit|"
+    r"remove|reshape|save|set|supply|use|write)\b)"
+)
+
+
 def _as_input_error(err: Exception) -> InputError:
-    message = str(err)
+    """A lower layer's one-line ``ValueError`` as an :class:`InputError` with an explicit ``Fix:``.
+
+    Those messages end in ``<problem>: <remedy>`` (or ``; <remedy>``); the remedy becomes the fix.
+    """
+    message = str(err).strip()
     if "fix" not in message.lower():
-        message += " Fix: correct the value or file named above."
+        found = list(_REMEDY.finditer(message))
+        if found:
+            cut = found[-1]
+            message = f"{message[: cut.start()]}. Fix: {message[cut.end():]}"
+        else:
+            message += " Fix: correct the value or file named above."
     return InputError(message)
 
 
@@ -709,12 +745,15 @@ def check_stage_inputs(config: Any, spec: Any, scan: AtomicScan) -> None:
     if not config["item_embedding_file"]:
         _check_text_stage(config)
     if tok_cfg.alpha > 0 and not config["cf_embedding_file"]:
-        from recbole_letter.stages.cf_embeddings import check_cf_config
+        from recbole_letter.stages.cf_embeddings import cf_run_config
 
         try:
-            check_cf_config(config)
-        except ValueError as err:
+            cf_config, cf_class, cf_overrides = cf_run_config(config)
+        except InputError:
+            raise
+        except (ValueError, TypeError) as err:
             raise _as_input_error(err) from None
+        check_values(cf_config, cf_class.__name__, (), cf_overrides, (), context="cf_config")
 
 
 def _check_text_stage(config: Any) -> None:

@@ -335,6 +335,11 @@ def tiger_cf_model_unknown(env):
 
 
 @case
+def tiger_cf_config_bad_value(env):
+    return env.args("TIGER", "--cf_config={embedding_size: 0}"), ["cf_config", "embedding_size"]
+
+
+@case
 def tiger_codebook_size_zero(env):
     args = [a for a in env.args("TIGER") if not a.startswith("--codebook_size")] + ["--codebook_size=0"]
     return args, ["codebook_size"]
@@ -590,6 +595,14 @@ def test_item_text_fields_in_recbole_list_syntax_is_a_list(env: Env) -> None:
     assert config["item_text_fields"] == ["title"]
 
 
+def test_misspelt_key_is_warned_about(env: Env, caplog) -> None:
+    from recbole_letter.validate import validate_command
+
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        validate_command(["SASRec"], "tiny", None, {"data_path": str(env.data), "learnig_rate": "0.1"})
+    assert "'learnig_rate'" in caplog.text and "did you mean 'learning_rate'" in caplog.text
+
+
 def test_printed_results_path_exists(env: Env, capsys) -> None:
     outcome = run_cli(env.args("Pop"), capsys)
     assert outcome.code == 0, outcome.err
@@ -803,8 +816,11 @@ def test_ctrl_c_is_one_line_exit_130_and_nothing_half_written(env: Env) -> None:
     args = [a for a in env.args("SASRec") if not a.startswith(("--epochs", "--state"))] + ["--epochs=100000", "--stopping_step=100000", "--state=INFO"]
     # files, not pipes: a long run's log would fill a pipe nobody reads yet and block the child
     out_path, err_path = env.work / "stdout.txt", env.work / "stderr.txt"
+    # SIGINT back to its default in the child: a test run started in the background by a
+    # non-interactive shell inherits SIGINT as ignored, and Python then never raises Ctrl-C
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
-        proc = _subprocess(args, env.work, stdout=out_file, stderr=err_file)
+        proc = _subprocess(args, env.work, stdout=out_file, stderr=err_file, preexec_fn=restore_sigint)
     deadline = time.time() + 240
     started = False
     while time.time() < deadline and not started:  # wait until training has begun
