@@ -11,6 +11,7 @@ Prints a markdown table and writes ``benchmarks/results/decode.json``.
 
     python benchmarks/decode.py                  # ~2-4 min on one CPU thread
     python benchmarks/decode.py --decode-users 64 --train-steps 0   # quick look
+    python benchmarks/decode.py --model LCRec    # SmolLM2 + LoRA (benchmarks/decode_lcrec.py)
 """
 from __future__ import annotations
 
@@ -120,7 +121,15 @@ def overlap(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
 
 
 def main() -> None:
+    model_flag = argparse.ArgumentParser(add_help=False)
+    model_flag.add_argument("--model", default="TIGER", choices=["TIGER", "LCRec"])
+    known, rest = model_flag.parse_known_args()
+    if known.model == "LCRec":  # SmolLM2 + LoRA: its own script (different weights, sizes, budget)
+        from decode_lcrec import main as decode_lcrec
+
+        return decode_lcrec(rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="TIGER", choices=["TIGER", "LCRec"], help="LCRec: see decode_lcrec.py")
     synthetic_args(parser)
     parser.add_argument("--decode-users", type=int, default=256, help="users decoded per method")
     parser.add_argument("--batch", type=int, default=32, help="users per decoding batch (both methods)")

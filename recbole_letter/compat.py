@@ -3,7 +3,8 @@
 RecBole 1.2.1 was released against numpy 1.x, scipy < 1.13 and torch < 2.6. Each shim below
 names what upstream breaks, is applied idempotently by :func:`apply` (run on ``import
 recbole_letter`` and, through :func:`ray_worker_setup`, inside every Ray worker), and has a test in
-``tests/test_compat.py`` that fails without it.
+``tests/test_compat.py`` that fails without it (the checkpoint adaptation — trusted loading and
+``recbole.quick_start.load_data_and_model`` for our models — in ``tests/test_recommend.py``).
 
 Breakages avoided by *version pins* instead of code live in ``pyproject.toml`` (``pandas<3``:
 RecBole's ``token_seq`` loading; ``setuptools<81``: ``pkg_resources`` for ray 2.6.3/hyperopt).

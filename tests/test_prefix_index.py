@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from recbole_letter.generation import prefix_index as prefix_index_module
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
 from recbole_letter.generation.prefix_index import PrefixIndex
-from recbole_letter.tokenization.semantic_ids import make_unique
+from recbole_letter.tokenization.semantic_ids import SemanticIDTable, make_unique
 from decoding import TableStepper, unique_table
 
 torch.set_num_threads(1)
@@ -26,8 +26,9 @@ def colliding_then_resolved(n_items: int, n_levels: int, n_codes: int, seed: int
     return np.concatenate([np.full((1, resolved.shape[1]), -1), resolved]).astype(np.int64)
 
 
-def offsets_for(index: PrefixIndex) -> list[int]:
-    return [2 + sum(index.level_sizes[:l]) for l in range(index.n_levels)]
+def offsets_for(table: np.ndarray) -> list[int]:
+    """Code tokens after two special tokens; the layout is the SemanticIDTable's."""
+    return SemanticIDTable.from_padded(table).token_offsets(2)
 
 
 def oracle_scores(stepper: TableStepper, table: np.ndarray, offsets: list[int]) -> torch.Tensor:
@@ -40,7 +41,7 @@ def search(table: np.ndarray, layout: str, beam: int, batch: int = 6, seed: int 
     """Beam search over fixed log-prob tables (exact arithmetic: no float noise from batched
     matmuls whose shapes could differ between layouts)."""
     index = PrefixIndex(table, layout=layout)
-    offsets = offsets_for(index)
+    offsets = offsets_for(table)
     tables = TableStepper(batch, 2 + sum(index.level_sizes), index.n_levels, seed)
     stepper = tables.for_contexts(torch.arange(batch))
     items, scores = constrained_beam_search(stepper, index, offsets, beam)

@@ -217,6 +217,32 @@ def test_excluding_history_never_repeats_an_item(sasrec) -> None:
     assert np.isfinite(full.scores).all()
 
 
+def test_general_model_ranks_as_evaluation_did(tiny_seq_dataset, fast_config, monkeypatch) -> None:
+    """BPR (no sequence): --history=test --keep_history ranks as the evaluation did (our protocol's
+    ``repeatable: True`` masks no history there), and leaving history out removes exactly the user's items."""
+    from recbole.utils.case_study import full_sort_topk
+
+    root = tiny_seq_dataset(DATASET, n_users=40, n_items=25)
+    eval_topk = record_eval_topk(monkeypatch, K)
+    ckpt = run_recbole_letter("BPR", DATASET, config_dict={**fast_config, "data_path": str(root)}, saved=True)["checkpoint"]
+    rec = Recommender.from_checkpoint(ckpt)
+    assert not rec.sequential
+    users = ["1", "7", "23", "40"]
+    ours = rec.recommend(users, K, history="test", exclude_history=False)
+    unseen = rec.recommend(users, K, history="test")
+    uids = rec.user_ids(users)
+    _, theirs = full_sort_topk(uids, rec.model, rec.test_data, K, rec.config["device"])
+    sequences = user_sequences(root / DATASET / f"{DATASET}.inter")
+    full = rec.recommend(users, K, history="full")
+    for row, user in enumerate(users):
+        assert rec.item_tokens(ours.items[row]).tolist() == eval_topk[user]["items"], user
+        assert rec.item_tokens(theirs[row].numpy()).tolist() == eval_topk[user]["items"], user
+        assert not set(rec.item_tokens(full.items[row]).tolist()) & set(sequences[user])
+        assert not set(rec.item_tokens(unseen.items[row]).tolist()) & set(sequences[user][:-1])
+        kept = [t for t in rec.item_tokens(ours.items[row]).tolist() if t not in sequences[user][:-1]]
+        assert rec.item_tokens(unseen.items[row]).tolist()[: len(kept)] == kept  # same order otherwise
+
+
 # ----------------------------------------------------------------------------- trust and identity
 
 

@@ -20,7 +20,8 @@ Why these choices
   then puts each user's last item in test and the second-last in valid, exactly the paper's split,
   and ties are impossible. User and item ids are kept as their original string tokens ("0",
   "17"), so a published ``<ds>.index.json`` keyed by item id still matches; it is validated and
-  copied next to the atomic files as ``<NAME>.index.json``.
+  copied next to the atomic files as ``<NAME>.index.json``; an LC-Rec ``<ds>.user.json`` (per-user
+  preference text, used by LCRec's itemsearch / preferenceobtain tasks) is copied likewise.
 * **Raw Amazon reviews** (2014 and 2018 dumps, gzip or plain): optional rating threshold, exact
   (user, item) duplicates removed keeping the earliest, iterative k-core, then each user's
   interactions sorted by time (stable: ties keep file order). The written ``timestamp`` is the
@@ -86,6 +87,8 @@ class ConversionSummary:
     inter_path: Path
     item_path: Optional[Path] = None
     index_path: Optional[Path] = None
+    #: LETTER/LC-Rec: copied per-user preference file (LCRec's itemsearch / preferenceobtain tasks).
+    user_path: Optional[Path] = None
     #: Items written without any metadata (absent from item.json / the meta file).
     items_without_text: int = 0
     #: LETTER: interactions whose item equals the same user's previous item (kept, not dropped).
@@ -105,7 +108,7 @@ class ConversionSummary:
 
     def line(self) -> str:
         """One human-readable line: counts, then output paths, then anything worth noticing."""
-        outputs = (self.inter_path, self.item_path, self.index_path)
+        outputs = (self.inter_path, self.item_path, self.index_path, self.user_path)
         paths = [str(p) for p in outputs if p is not None]
         extra = []
         if self.consecutive_repeats is not None:
@@ -453,6 +456,16 @@ def convert_letter(
             summary.items_without_semantic_id = sum(1 for i in items if i not in indexed)
             summary.index_path = target / f"{dataset}.index.json"
             staged.copy_bytes(index_json, summary.index_path)
+        user_json = src / f"{name}.user.json"
+        if user_json.is_file():
+            prefs = _load_json(user_json, "{user_explicit_preference: {user: [text]}}")
+            if not isinstance(prefs, dict) or "user_explicit_preference" not in prefs:
+                raise ValueError(
+                    f"{user_json}: expected LC-Rec's user.json with a 'user_explicit_preference' "
+                    "object; fix the file or move it out of the directory"
+                )
+            summary.user_path = target / f"{dataset}.user.json"
+            staged.copy_bytes(user_json, summary.user_path)
         staged.commit()
     finally:
         staged.discard()
