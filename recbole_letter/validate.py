@@ -164,12 +164,17 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+def _is_text(v: Any) -> bool:
+    # RecBole evals command-line values, so --gpu_id=0 arrives as the int 0: numbers are fine text
+    return isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
 _BASE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "int": _is_int,
     "float": _is_number,
-    "str": lambda v: isinstance(v, str),
-    "string": lambda v: isinstance(v, str),
-    "bool": lambda v: isinstance(v, bool),
+    "str": _is_text,
+    "string": _is_text,
+    "bool": lambda v: isinstance(v, bool) or (_is_int(v) and v in (0, 1)),
     "dict": lambda v: isinstance(v, dict),
     "list": lambda v: isinstance(v, (list, tuple)),
 }

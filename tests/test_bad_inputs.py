@@ -839,3 +839,24 @@ def test_ctrl_c_is_one_line_exit_130_and_nothing_half_written(env: Env) -> None:
     assert leftovers == []
     for result in (env.saved / "results").glob("*.json") if (env.saved / "results").exists() else []:
         json.loads(result.read_text())  # any results file is complete JSON
+
+
+@pytest.mark.parametrize(
+    "value, spec, expected",
+    [
+        (0, "str", True),  # RecBole evals --gpu_id=0 to an int: still a fine str value
+        ("abc", "float", False),
+        (1, "bool", True),
+        (2, "bool", False),
+        ([5, 10], "list of int", True),
+        ([5, "x"], "list of int", False),
+        (None, "list or int or None", True),
+        (2.5, "int", False),
+        (float("nan"), "float", False),
+        ("x", "file name of stored xgb model or 'Booster' instance", None),  # not understood: not checked
+    ],
+)
+def test_declared_type_matching(value, spec, expected) -> None:
+    from recbole_letter.validate import type_matches
+
+    assert type_matches(value, spec) is expected
