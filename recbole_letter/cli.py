@@ -71,7 +71,7 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``run_recbole_letter.py``, ``python -m recbole_letter`` and ``recbole-letter``."""
     import recbole_letter  # noqa: F401  (applies compat shims before RecBole loads)
-    from recbole_letter.quick_start import results_table, run_models
+    from recbole_letter.quick_start import is_distributed_request, results_table, run_models, run_models_distributed
     from recbole_letter.registry import UnknownModelError, resolve_model
 
     parser = build_parser()
@@ -102,9 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_tuning(args, models, config_files, overrides)
 
     try:
-        results, path = run_models(models, args.dataset, config_files, overrides, saved=args.saved)
+        if is_distributed_request(overrides):  # RecBole's nproc/world_size keys, or torchrun
+            results, path = run_models_distributed(models, args.dataset, config_files, overrides, saved=args.saved)
+        else:
+            results, path = run_models(models, args.dataset, config_files, overrides, saved=args.saved)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
+    if path is None:  # a rank other than 0 (or a node without rank 0): rank 0 reports
+        return 0
     print(f"\n## {args.dataset}: test results\n")
     print(results_table(results, "test_result"))
     print(f"\n## {args.dataset}: best validation results\n")
