@@ -106,6 +106,8 @@ def run_recbole_letter(
     fit_seconds = time.perf_counter() - started
     epochs = len(getattr(trainer, "train_loss_dict", {}) or {}) or None
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    # A model may leave artefacts after its run (STORE: codes of --new_items written to an index JSON).
+    outputs = net.after_run(config, train_data._dataset) if hasattr(net, "after_run") else None
     return {
         "model": spec.name,
         "dataset": dataset,
@@ -118,6 +120,7 @@ def run_recbole_letter(
         "seconds_per_epoch": round(fit_seconds / epochs, 2) if epochs else None,
         "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
+        **({"outputs": outputs} if outputs else {}),
     }
 
 

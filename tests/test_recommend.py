@@ -345,7 +345,7 @@ def test_recbole_quick_start_is_patched_in_this_process() -> None:
     assert q.quick_start.load_data_and_model is compat.load_data_and_model
 
 
-# ----------------------------------------------------------------------------- TIGER (LETTER and RQVAE IDs)
+# ----------------------------------------------------------------------------- generative models: TIGER, LCRec
 
 TIGER_TINY = {
     # tokenizer stages: precomputed item/CF embeddings (no text encoder, no LightGCN), a tiny LETTER
@@ -386,16 +386,26 @@ def write_embeddings(root: Path, workdir: Path) -> dict:
     return files
 
 
-@pytest.mark.parametrize("tokenizer", ["LETTER", "RQVAE"])
-def test_tiger_checkpoint_recommends_without_the_stage_cache(tokenizer, tiny_seq_dataset, fast_config, workdir, monkeypatch):
+# LC-Rec on a tiny random Llama (2 layers, d 64; no download), trained on next-item prompts only
+LCREC_TINY = {"llm_path": "tiny-random", "lcrec_tasks": "seqrec", "decode_batch_size": 16}
+
+
+@pytest.mark.parametrize(
+    ("model", "tokenizer", "extra"),
+    [("TIGER", "LETTER", {}), ("TIGER", "RQVAE", {}), ("LCRec", "LETTER", LCREC_TINY)],
+    ids=["LETTER-TIGER", "RQVAE-TIGER", "LETTER-LCRec"],
+)
+def test_generative_checkpoint_recommends_without_the_stage_cache(
+    model, tokenizer, extra, tiny_seq_dataset, fast_config, workdir, monkeypatch
+):
     import shutil
 
     root = tiny_seq_dataset(DATASET, n_users=40, n_items=25, min_len=8, max_len=14)
     write_titles(root / DATASET, 25)
     eval_topk = record_eval_topk(monkeypatch, K)
     params = {**fast_config, **TIGER_TINY, **write_embeddings(root, workdir), "data_path": str(root),
-              "item_tokenizer": tokenizer}
-    result = run_recbole_letter("TIGER", DATASET, config_dict=params, saved=True)
+              "item_tokenizer": tokenizer, **extra}
+    result = run_recbole_letter(model, DATASET, config_dict=params, saved=True)
     stages = Path(params["checkpoint_dir"]) / "stages"
     assert any((stages / "tokenizer").iterdir())
     shutil.rmtree(stages)  # recommending must not need (or refit) any stage

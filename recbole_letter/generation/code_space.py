@@ -54,7 +54,7 @@ class CodeSpaceIndex(nn.Module):
 
     def flatten(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Sorted distinct flat numbers of the valid rows of ``codes`` ``[n, L]`` (negative rows dropped)."""
-        codes = torch.as_tensor(np.asarray(codes.cpu() if isinstance(codes, torch.Tensor) else codes), dtype=torch.long)
+        codes = torch.as_tensor(np.array(codes.cpu() if isinstance(codes, torch.Tensor) else codes), dtype=torch.long)
         if codes.dim() != 2 or codes.shape[1] != self.n_levels:
             raise ValueError(f"code tuples must be [n, {self.n_levels}], got {tuple(codes.shape)}")
         codes = codes[(codes >= 0).all(dim=1)]

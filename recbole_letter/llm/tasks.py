@@ -260,6 +260,21 @@ class TaskSampler:
                 out.append(sample)
         return out
 
+    def draw_task(self, task: str, n: int) -> list[Sample]:
+        """``n`` samples of one ``task``, references drawn at random from its pool (so a caller can
+        set each task's share of a batch, as STORE's task weights do); ``[]`` if it has no pool."""
+        pool = self.pools.get(task)
+        out: list[Sample] = []
+        if pool is None or n <= 0:
+            return out
+        for _ in range(4 * n):  # references lacking a field the templates need are skipped, boundedly
+            if len(out) == n:
+                break
+            sample = self._build(task, int(pool[int(self.rng.integers(len(pool)))]))
+            if sample is not None:
+                out.append(sample)
+        return out
+
     # -------------------------------------------------------------------------------- builders
     def _fill(self, task: str, fields: dict[str, str], target: int | None) -> Sample | None:
         usable = self.templates.usable(task, set(fields))

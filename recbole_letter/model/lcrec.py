@@ -43,6 +43,7 @@ from recbole_letter.llm.finetuning import apply_finetuning, trained_state_keys
 from recbole_letter.llm.prompts import TASKS, PromptTemplates
 from recbole_letter.llm.tasks import (
     ItemCodes,
+    ItemText,
     TaskSampler,
     TrainRows,
     item_text_from_table,
@@ -107,16 +108,17 @@ class LCRec(SemanticIDRecommender):
 
     trainer_class = LCRecTrainer
     default_config_names = ("LETTER", "LCRec")
+    default_templates_file: Path | None = None  # None: recbole_letter/llm/templates.yaml
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
         self.tau = float(self.require(config, "tau"))
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0 (1.0 = plain LC-Rec loss), got {self.tau}")
-        self.tasks = _task_list(self.require(config, "lcrec_tasks"))
+        self.tasks = self._training_tasks(config)
         self.max_history = int(self.require(config, "MAX_ITEM_LIST_LENGTH"))
         self.separator = str(self.require(config, "lcrec_history_separator"))
-        self.templates = PromptTemplates.load(config["lcrec_templates_file"])
+        self.templates = PromptTemplates.load(config["lcrec_templates_file"] or self.default_templates_file)
         self.test_prompt_ids = self._prompt_ids(self.require(config, "test_prompt_id"))
         self.eval_prompt_id = self.test_prompt_ids[0]
         seed = int(config["seed"] or 0)
@@ -167,6 +169,10 @@ class LCRec(SemanticIDRecommender):
             )
 
     # ----------------------------------------------------------------- construction helpers
+    def _training_tasks(self, config: Any) -> list[str]:
+        """The prompt tasks trained on (template names); LC-Rec reads ``lcrec_tasks``."""
+        return _task_list(self.require(config, "lcrec_tasks"))
+
     @staticmethod
     def _names(value: Any) -> list[str]:
         return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
@@ -181,9 +187,14 @@ class LCRec(SemanticIDRecommender):
 
     def _code_strings(self) -> np.ndarray:
         strings = np.array([""] * self.n_items, dtype=object)
-        ids = np.arange(1, self.n_items)
-        strings[1:] = ["".join(t) for t in self.id_table.item_token_strings(ids)]
+        ids = np.flatnonzero(self.id_table.assigned)  # items without a code yet keep ""
+        strings[ids] = ["".join(t) for t in self.id_table.item_token_strings(ids)]
         return strings
+
+    def on_id_table_changed(self) -> None:
+        """New items got codes (:meth:`add_items`): prompts must write them (the sampler shares this object)."""
+        self.item_codes.strings = self._code_strings()
+        self.item_codes.token_ids = self.item_tokens.cpu().numpy()
 
     def _task_sampler(self, config: Any, dataset: Any, seed: int) -> TaskSampler:
         feat = dataset.inter_feat
@@ -194,7 +205,7 @@ class LCRec(SemanticIDRecommender):
             users=feat[self.USER_ID].numpy(),
         )
         wants_text = any(t in self.tasks for t in ("item2index", "index2item", "fusionseqrec"))
-        item_text = None
+        item_text = self.item_text = None  # every item's text (self.item_text), also of items without codes
         item_file = item_file_for(config)
         if wants_text and item_file.is_file():
             table, _ = read_item_table(item_file, sep=config["field_separator"] or "\t")
@@ -204,6 +215,12 @@ class LCRec(SemanticIDRecommender):
                 self._names(self.require(config, "lcrec_description_fields")),
                 config["lcrec_text_max_chars"], id_field=dataset.iid_field,
             )
+            self.item_text = item_text
+            if item_text is not None:  # items without a code (cold start) cannot be item-task targets
+                unassigned = np.flatnonzero(~self.id_table.assigned[: len(item_text.titles)])
+                item_text = ItemText(list(item_text.titles), list(item_text.descriptions))
+                for item in unassigned:
+                    item_text.titles[item] = item_text.descriptions[item] = ""
         prefs = None
         user_file = Path(config["data_path"]) / f"{config['dataset']}.user.json"
         if any(t in self.tasks for t in ("itemsearch", "preferenceobtain")) and user_file.is_file():
@@ -233,19 +250,26 @@ class LCRec(SemanticIDRecommender):
         return prompts
 
     # ----------------------------------------------------------------- RecBole API
-    def calculate_loss(self, interaction: Any) -> torch.Tensor:
-        """Ranking-guided loss over the response tokens of seqrec rows + auxiliary-task samples."""
+    def training_samples(self, interaction: Any) -> tuple[list[str], list[list[int] | str]]:
+        """Prompts and responses (code-token ids, or text) of one batch: its seqrec rows plus
+        auxiliary-task samples in proportion to their pool sizes."""
         targets = interaction[self.POS_ITEM_ID].cpu().numpy()
         prompts = self.seqrec_prompts(interaction, prompt_id=None)
-        responses: list[list[int]] = [self.item_codes.response(t) for t in targets]
+        responses: list[list[int] | str] = [self.item_codes.response(t) for t in targets]
         expected = len(targets) * self.aux_per_row
         n_aux = int(expected) + int(self._rng.random() < expected - int(expected))
-        aux = self.sampler.draw(n_aux) if n_aux else []
-        texts = [s for s in aux if isinstance(s.response, str)]
-        text_ids = iter(text_response_ids(self.tokenizer, [s.response for s in texts])) if texts else iter(())
-        for sample in aux:
+        for sample in self.sampler.draw(n_aux) if n_aux else []:
             prompts.append(sample.prompt)
-            responses.append(next(text_ids) if isinstance(sample.response, str) else sample.response)
+            responses.append(sample.response)
+        return prompts, responses
+
+    def calculate_loss(self, interaction: Any) -> torch.Tensor:
+        """Ranking-guided loss over the response tokens of :meth:`training_samples`."""
+        prompts, responses = self.training_samples(interaction)
+        text_rows = [i for i, r in enumerate(responses) if isinstance(r, str)]
+        if text_rows:
+            for row, ids in zip(text_rows, text_response_ids(self.tokenizer, [responses[i] for i in text_rows])):
+                responses[row] = ids
         batch = encode_training(self.tokenizer, prompts, responses).to(self.device)
         return ranking_guided_loss(response_logits(self.llm, batch), batch.labels, self.tau)
 
