@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import recbole_letter  # noqa: F401  (applies compat shims before RecBole loads)
-    from recbole_letter.quick_start import results_table, run_models
+    from recbole_letter.quick_start import is_distributed_request, results_table, run_models, run_models_distributed
     from recbole_letter.validate import InputError, validate_command
 
     config_files = args.config_files.split() if args.config_files else None
@@ -129,15 +129,22 @@ def _run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         models = args.model.split(",") if args.model is not None else ["SASRec"]
         args.dataset = args.dataset or "ml-100k"
         validated = validate_command(models, args.dataset, config_files, overrides)
+        distributed = is_distributed_request(overrides)
     except (InputError, FileNotFoundError, ValueError) as exc:
         if args.debug:
             traceback.print_exc()
         return _error(str(exc))
 
-    results, path = run_models(
-        [spec.name for _, spec in validated], args.dataset, config_files, overrides, saved=args.saved,
-        debug=args.debug,
-    )
+    if distributed:  # RecBole's nproc/world_size keys, or torchrun
+        names = [spec.name for _, spec in validated]
+        results, path = run_models_distributed(names, args.dataset, config_files, overrides, saved=args.saved)
+        if path is None:  # a rank other than 0 (or a node without rank 0): rank 0 reports
+            return 0
+    else:
+        results, path = run_models(
+            [spec.name for _, spec in validated], args.dataset, config_files, overrides, saved=args.saved,
+            debug=args.debug,
+        )
     print(f"\n## {args.dataset}: test results\n")
     print(results_table(results, "test_result"))
     print(f"\n## {args.dataset}: best validation results\n")

@@ -81,7 +81,13 @@ def run_recbole_letter(
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
+    # Under torch.distributed rank 0 fills the stage cache while the others wait, then they read it.
+    distributed = not config["single_spec"]
+    if distributed and _global_rank(config) != 0:
+        _barrier()
     resolve_stages(spec.model_class, config, train_data._dataset)
+    if distributed and _global_rank(config) == 0:
+        _barrier()
     # Reseed after the stages: whether they ran or came from the cache, the model starts from the
     # same random state (stages also run under private RNG state, see recbole_letter.seeding).
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -121,6 +127,16 @@ def run_recbole_letter(
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **({"outputs": outputs} if outputs else {}),
     }
+
+
+def _global_rank(config: Any) -> int:
+    return int(config["local_rank"] or 0) + int(config["offset"] or 0)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def _accepts_callback(fit: Callable[..., Any]) -> bool:
@@ -183,6 +199,8 @@ def run_models(
     """
     from recbole_letter.validate import validate_command
 
+    distributed = "local_rank" in (config_dict or {})
+    writes = not distributed or _dict_rank(config_dict or {}) == 0  # only global rank 0 writes results
     built = validate_command(models, dataset, config_files, config_dict)
     specs = [spec for _, spec in built]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -194,13 +212,16 @@ def run_models(
         try:
             res = run_recbole_letter(spec.name, dataset, config_files, config_dict, saved=saved)
         except Exception as exc:  # keep the other models' results
+            if distributed:  # the other ranks wait in a collective: end the whole run instead
+                raise
             if debug:
                 LOGGER.error("model %s failed:\n%s", spec.name, traceback.format_exc())
             else:
                 LOGGER.error("model %s failed: %s: %s (--debug shows the traceback)", spec.name, type(exc).__name__, exc)
             res = {"model": spec.name, "dataset": dataset, "error": f"{type(exc).__name__}: {exc}"}
         results.append(res)
-        written = write_json_atomic({"dataset": dataset, "results": results}, out)
+        if writes:
+            written = write_json_atomic({"dataset": dataset, "results": results}, out)
     splits = {r["split"] for r in results if "split" in r}
     if len(splits) > 1:
         LOGGER.warning("models ran on different data splits %s: their rows are not comparable", splits)

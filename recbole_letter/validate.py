@@ -803,6 +803,25 @@ def _check_text_stage(config: Any) -> None:
 # ----------------------------------------------------------------------------- whole command
 
 
+def check_processes(overrides: Mapping[str, Any]) -> None:
+    """RecBole's multi-process keys: ranks ``offset .. offset+nproc-1`` must exist in ``world_size``."""
+    values: dict[str, int] = {}
+    for key, default in (("nproc", 1), ("world_size", -1), ("offset", 0)):
+        raw = overrides.get(key)
+        try:
+            values[key] = default if raw in (None, "") else int(str(raw))
+        except ValueError:
+            raise InputError(f"--{key}={raw}: not an integer. Fix: e.g. --{key}=2.") from None
+    if values["nproc"] < 1:
+        raise InputError(f"--nproc={values['nproc']} must be >= 1. Fix: e.g. --nproc=2.")
+    world = values["world_size"] if values["world_size"] > 0 else values["nproc"]
+    if values["offset"] < 0 or values["offset"] + values["nproc"] > world:
+        raise InputError(
+            f"offset {values['offset']} + nproc {values['nproc']} exceeds world_size {world}: those ranks would not "
+            "exist. Fix: world_size = processes over all nodes, offset = ranks started on earlier nodes."
+        )
+
+
 def validate_config(
     config: Any,
     spec: Any,
@@ -842,6 +861,7 @@ def validate_command(
         load_yaml_file(f)
     overrides = dict(overrides or {})
     built = []
+    check_processes(overrides)
     for spec in specs:
         try:
             config, _ = build_config(spec, dataset, user_files, overrides)

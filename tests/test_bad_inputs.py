@@ -185,6 +185,11 @@ def cli_bad_list_syntax(env):
     return env.args("SASRec", "--topk=[5,10"), ["--topk"]
 
 
+@case
+def cli_ranks_outside_world_size(env):
+    return env.args("SASRec", "--nproc=2", "--world_size=3", "--offset=2"), ["offset", "world_size"]
+
+
 # --- config files and values
 @case
 def config_file_missing(env):
