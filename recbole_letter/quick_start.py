@@ -226,3 +226,102 @@ def run_models(
     if len(splits) > 1:
         LOGGER.warning("models ran on different data splits %s: their rows are not comparable", splits)
     return results, written
+
+
+# ---------------------------------------------------------------- data-parallel runs
+
+DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
+
+
+def _dict_rank(config_dict: dict) -> int:
+    return int(config_dict.get("local_rank") or 0) + int(config_dict.get("offset") or 0)
+
+
+def is_distributed_request(config_dict: dict | None) -> bool:
+    """RecBole's multi-process keys ask for more than one process, or torchrun started us."""
+    from recbole_letter.compat import launched_by_torchrun
+
+    cd = config_dict or {}
+    return launched_by_torchrun() or int(cd.get("nproc") or 1) > 1 or int(cd.get("world_size") or -1) > 1
+
+
+def run_models_distributed(
+    models: Sequence[str],
+    dataset: str,
+    config_files: Sequence[str] | None = None,
+    config_dict: dict | None = None,
+    saved: bool = True,
+) -> tuple[list[dict[str, Any]], Path | None]:
+    """:func:`run_models` data-parallel over processes (RecBole's ``run_recboles`` semantics).
+
+    Under ``torchrun`` this process is one rank (env:// rendezvous; ``offset`` = RANK - LOCAL_RANK).
+    Otherwise ``nproc`` processes are spawned on this node with ranks ``offset .. offset+nproc-1``
+    of ``world_size`` (default ``nproc``), meeting at ``tcp://ip:port``. Gradients are averaged over
+    ranks, so ``train_batch_size`` is the *global* batch (each rank loads 1/world_size of it). Only
+    global rank 0 writes checkpoints and the results JSON; a failing rank ends every rank (spawn
+    terminates the others; torchrun does the same) with the failing rank's traceback.
+    Returns rank 0's results and JSON path (``None`` on other ranks).
+    """
+    from recbole_letter.compat import launched_by_torchrun
+
+    cd = dict(config_dict or {})
+    if launched_by_torchrun():
+        import os
+
+        local_rank = int(os.environ["LOCAL_RANK"])
+        cd.update(
+            local_rank=local_rank,
+            world_size=int(os.environ["WORLD_SIZE"]),
+            nproc=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            offset=int(os.environ["RANK"]) - local_rank,
+            ip=os.environ["MASTER_ADDR"],
+            port=os.environ["MASTER_PORT"],
+        )
+        try:
+            results, path = run_models(models, dataset, config_files, cd, saved=saved)
+        finally:
+            _destroy_group()
+        return (results, path) if _dict_rank(cd) == 0 else (results, None)
+
+    import torch.multiprocessing as mp
+
+    nproc = int(cd.get("nproc") or 1)
+    world_size = int(cd.get("world_size") or -1)
+    cd.update(
+        nproc=nproc,
+        world_size=nproc if world_size <= 0 else world_size,
+        ip=str(cd.get("ip") or "localhost"),
+        port=str(cd.get("port") or 5678),
+        offset=int(cd.get("offset") or 0),
+    )
+    if cd["offset"] + nproc > cd["world_size"]:
+        raise ValueError(
+            f"offset {cd['offset']} + nproc {nproc} exceeds world_size {cd['world_size']}: ranks would not exist. "
+            "Fix: world_size = total processes over all nodes, offset = ranks started on earlier nodes."
+        )
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(
+        _spawned_rank, args=(list(models), dataset, config_files, cd, saved, queue), nprocs=nproc, join=True
+    )
+    if queue.empty():  # this node does not hold global rank 0 (offset > 0)
+        return [], None
+    results, path = queue.get()
+    return results, Path(path)
+
+
+def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, queue) -> None:
+    """One process of :func:`run_models_distributed` (module level so ``spawn`` can import it)."""
+    cd = {**config_dict, "local_rank": local_rank}
+    try:
+        results, path = run_models(models, dataset, config_files, cd, saved=saved)
+    finally:
+        _destroy_group()
+    if _dict_rank(cd) == 0:
+        queue.put((results, str(path)))
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
