@@ -103,6 +103,7 @@ class RQVAE(nn.Module):
         sinkhorn_last_level: bool = True,
         sinkhorn_epsilon: float = 0.003,
         sinkhorn_iters: int = 50,
+        sinkhorn_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(codebook_size, int):
@@ -124,6 +125,12 @@ class RQVAE(nn.Module):
         self.codebook_sizes = sizes
         self.commitment_beta = float(commitment_beta)
         self.sinkhorn_last_level = bool(sinkhorn_last_level)
+        if sinkhorn_levels is None:
+            sinkhorn_levels = [num_levels] if self.sinkhorn_last_level else []
+        bad = [lvl for lvl in sinkhorn_levels if not 1 <= int(lvl) <= num_levels]
+        if bad:
+            raise ValueError(f"sinkhorn_levels {list(sinkhorn_levels)} must be 1-based levels in 1..{num_levels}")
+        self.sinkhorn_levels = frozenset(int(lvl) - 1 for lvl in sinkhorn_levels)  # 0-based
         self.sinkhorn_epsilon = float(sinkhorn_epsilon)
         self.sinkhorn_iters = int(sinkhorn_iters)
         dims = [self.in_dim, *[int(h) for h in hidden_dims], self.code_dim]
@@ -160,7 +167,7 @@ class RQVAE(nn.Module):
 
     def _assign(self, residual: torch.Tensor, level: int, use_sinkhorn: bool) -> torch.Tensor:
         d = squared_distances(residual, self.codebooks[level])
-        if use_sinkhorn and level == self.num_levels - 1:
+        if use_sinkhorn and level in self.sinkhorn_levels:
             return sinkhorn_assign(d, self.sinkhorn_epsilon, self.sinkhorn_iters)
         return d.argmin(dim=1)
 
@@ -183,7 +190,7 @@ class RQVAE(nn.Module):
                 "codebooks are not initialised; call init_codebooks(encoder outputs) before training "
                 "(fit_tokenizer does this with k-means)"
             )
-        use_sk = self.sinkhorn_last_level if use_sinkhorn is None else use_sinkhorn
+        use_sk = bool(self.sinkhorn_levels) if use_sinkhorn is None else use_sinkhorn
         residual = z
         codes, residuals, quantized, cb_terms, cm_terms = [], [], [], [], []
         for level in range(self.num_levels):  # loop over levels only
@@ -240,7 +247,7 @@ class RQVAE(nn.Module):
         if z.dim() != 2 or z.shape[1] != self.code_dim:
             raise ValueError(f"expected encoder outputs [n, {self.code_dim}], got {tuple(z.shape)}")
         gen = as_generator(seed)
-        use_sk = self.sinkhorn_last_level if use_sinkhorn is None else use_sinkhorn
+        use_sk = bool(self.sinkhorn_levels) if use_sinkhorn is None else use_sinkhorn
         residual = z.detach()
         for level, book in enumerate(self.codebooks):
             centers, _ = kmeans(residual, book.shape[0], iters=iters, seed=gen)

@@ -81,6 +81,8 @@ class TokenizerConfig:
     sinkhorn_last_level: bool = True
     sinkhorn_epsilon: float = 0.003
     sinkhorn_iters: int = 50
+    sinkhorn_levels: tuple[int, ...] | None = None
+    recon_scale: str = "none"
     # LETTER regularisers
     alpha: float = 0.02
     beta: float = 1e-4
@@ -225,6 +227,7 @@ def build_model(cfg: TokenizerConfig, in_dim: int, cf_dim: int | None = None) ->
         sinkhorn_last_level=cfg.sinkhorn_last_level,
         sinkhorn_epsilon=cfg.sinkhorn_epsilon,
         sinkhorn_iters=cfg.sinkhorn_iters,
+        sinkhorn_levels=cfg.sinkhorn_levels,
     )
 
 
@@ -325,6 +328,7 @@ def fit_tokenizer(
         names = ["total", "recon", "quant"] + (["cf"] if use_cf else []) + (["div"] if use_div else [])
         history: dict[str, list[float]] = {k: [] for k in names}
         n_batches = max(1, math.ceil(n / cfg.batch_size))
+        recon_norm = float(x.var(dim=0, unbiased=False).mean()) if cfg.recon_scale == "variance" else 1.0
         clusters: list[torch.Tensor] = []
         restarted_codes: list[int] = []
         # codes that got an item since the last restart check, per level
@@ -344,7 +348,7 @@ def fit_tokenizer(
             for idx in torch.tensor_split(perm, n_batches):
                 out = model(x[idx])
                 parts = [out.recon_loss, out.quant_loss]
-                loss = out.recon_loss + out.quant_loss
+                loss = out.recon_loss / recon_norm + out.quant_loss
                 if use_cf:
                     cf_loss = _cf_loss(out.z_q, model.project_cf(cf_t[idx]), cfg)
                     loss = loss + cfg.alpha * cf_loss
@@ -385,7 +389,7 @@ def fit_tokenizer(
             bar.set_postfix(loss=f"{means[0]:.4f}", recon=f"{means[1]:.4f}", restarted=n_restarted)
         bar.close()
 
-        codes = _codes_for(model, x, cfg.encode_batch_size, cfg.sinkhorn_last_level)
+        codes = _codes_for(model, x, cfg.encode_batch_size, bool(model.sinkhorn_levels))
     model.eval()
     items_per_second = n * cfg.epochs / train_seconds if train_seconds > 0 else float("nan")
     return FitResult(
@@ -415,7 +419,7 @@ def encode_codes(
     if emb.shape[1] != model.in_dim:
         raise ValueError(f"embeddings have dim {emb.shape[1]} but the tokenizer was trained on dim {model.in_dim}")
     device = next(model.parameters()).device
-    use_sk = cfg.sinkhorn_last_level if use_sinkhorn is None else use_sinkhorn
+    use_sk = bool(model.sinkhorn_levels) if use_sinkhorn is None else use_sinkhorn
     x = torch.from_numpy(emb).to(device)
     return _codes_for(model, x, cfg.encode_batch_size, use_sk).cpu().numpy().astype(np.int64)
 
