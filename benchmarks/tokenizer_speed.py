@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.tokenization.trainer import TokenizerConfig, fit_tokenizer  # noqa: E402
+from recbole_letter.tokenization.fit import TokenizerConfig, fit_tokenizer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 # Encoder MLP per input size: the package default for MiniLM, the paper's for LLaMA-7B.

@@ -11,6 +11,13 @@ RecBole's ``token_seq`` loading; ``setuptools<81``: ``pkg_resources`` for ray 2.
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import pickle
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +74,7 @@ def apply() -> None:
         return
     _restore_numpy_aliases()
     _restore_dok_update()
+    _patch_recbole_quick_start()
     _APPLIED = True
 
 
@@ -75,28 +83,194 @@ def ray_worker_setup() -> None:
     apply()
 
 
-def load_trusted_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint written by RecBole's own Trainer.
+# ----------------------------------------------------------------------------- checkpoints
+# torch >= 2.6 defaults to ``torch.load(weights_only=True)``. RecBole checkpoints pickle the Config
+# (and ours the semantic-ID table inside it), so RecBole's ``evaluate(load_best_model=True)``,
+# ``resume_checkpoint`` and ``load_data_and_model`` raise UnpicklingError. Full unpickling can run
+# any code the file names, so it is done only for files this package wrote (they carry
+# CHECKPOINT_MARKER, read below without unpickling anything) or when the user opts in.
 
-    torch >= 2.6 defaults to ``weights_only=True``; RecBole checkpoints pickle the Config object,
-    so its ``evaluate(load_best_model=True)``, ``resume_checkpoint`` and ``load_data_and_model``
-    raise UnpicklingError. The files are our own run's output, so full unpickling is acceptable;
-    never call this on a checkpoint from an untrusted source.
+CHECKPOINT_MARKER = "recbole_letter_checkpoint"
+CHECKPOINT_FORMAT = 1
+TRUST_ENV_VAR = "RECBOLE_LETTER_TRUST_CHECKPOINTS"
+
+
+class UntrustedCheckpointError(RuntimeError):
+    """A checkpoint without our marker, loaded without the user opting in."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint used with another dataset (or another version of its files)."""
+
+
+class _Inert:
+    """Stands in for every class or function a pickle names while we only peek at it.
+
+    Peeking must not run code from the file, so nothing is imported or called: objects become
+    empty ``_Inert`` instances and only plain containers and strings keep their values.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _PeekUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> type:
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> None:  # tensor storages live outside data.pkl
+        return None
+
+
+def read_checkpoint_marker(path: str | Path) -> dict | None:
+    """The marker dict of a torch checkpoint, or None; reads the pickle without executing it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist. Fix: pass the .pth file a training run saved.")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        return None
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+        if not pickles:
+            return None
+        with archive.open(pickles[0]) as stream:
+            try:
+                top = _PeekUnpickler(stream).load()
+            except Exception:  # not a pickle we understand: treated as unmarked
+                return None
+    marker = top.get(CHECKPOINT_MARKER) if isinstance(top, dict) else None
+    return marker if isinstance(marker, dict) else None
+
+
+def _trust_opt_in() -> bool:
+    return os.environ.get(TRUST_ENV_VAR, "").strip().lower() in {"1", "true", "yes"}
+
+
+def load_trusted_checkpoint(path: str | Path, map_location: Any = "cpu", trust: bool | None = None) -> dict:
+    """``torch.load`` a RecBole checkpoint with full unpickling, if this package wrote it.
+
+    A file without our marker is refused unless ``trust`` is true or the environment sets
+    ``RECBOLE_LETTER_TRUST_CHECKPOINTS=1``. The marker says who wrote the file; it is not a
+    signature, so only load checkpoints from places you trust.
+    """
+    marker = read_checkpoint_marker(path)
+    if marker is None and not (trust or _trust_opt_in()):
+        raise UntrustedCheckpointError(
+            f"{path} was not written by recbole_letter (no '{CHECKPOINT_MARKER}' entry). Loading it unpickles "
+            f"arbitrary Python objects, which can run code. Fix: if you trust the file (e.g. you trained it "
+            f"with RecBole yourself), set {TRUST_ENV_VAR}=1 (or pass --trust_checkpoint to "
+            f"recbole_letter.recommend)."
+        )
+    if marker is not None and int(marker.get("format", 0)) > CHECKPOINT_FORMAT:
+        raise UntrustedCheckpointError(
+            f"{path} uses checkpoint format {marker.get('format')}; this recbole_letter reads up to "
+            f"{CHECKPOINT_FORMAT}. Fix: upgrade recbole_letter."
+        )
     import torch
 
     return torch.load(str(path), map_location=map_location, weights_only=False)
 
 
+def dataset_identity(dataset: Any) -> dict:
+    """What ties a checkpoint to its data: the dataset name and the token of every internal id.
+
+    Model rows are indexed by RecBole's internal ids, which depend on the files' contents; two
+    datasets with the same name but other files would silently map rows to other items.
+    """
+    identity: dict[str, Any] = {"dataset": str(dataset.dataset_name)}
+    for kind, field in (("user", dataset.uid_field), ("item", dataset.iid_field)):
+        if field is not None and field in dataset.field2id_token:
+            identity[f"{kind}_tokens"] = [str(t) for t in dataset.field2id_token[field]]
+    return identity
+
+
+def check_same_dataset(marker: dict | None, dataset: Any, path: str | Path) -> None:
+    """Fail clearly when a checkpoint meets other data than it was trained on."""
+    expected = (marker or {}).get("data")
+    if not expected:
+        return  # an opted-in foreign checkpoint: nothing recorded to compare with
+    actual = dataset_identity(dataset)
+    if expected["dataset"] != actual["dataset"]:
+        raise CheckpointMismatchError(
+            f"{path} was trained on dataset '{expected['dataset']}', not '{actual['dataset']}'. "
+            f"Fix: use it with '{expected['dataset']}' (its data_path), or train a model on '{actual['dataset']}'."
+        )
+    for kind in ("item", "user"):
+        want, got = expected.get(f"{kind}_tokens"), actual.get(f"{kind}_tokens")
+        if want is None or want == got:
+            continue
+        got = got or []
+        first = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+        shown = f"internal id {first}: {want[first] if first < len(want) else '<none>'!r} in the checkpoint, " \
+            f"{got[first] if first < len(got) else '<none>'!r} now"
+        raise CheckpointMismatchError(
+            f"{path} was trained on other '{actual['dataset']}' files: its {kind} ids differ "
+            f"({len(want) - 1} {kind}s in the checkpoint, {len(got) - 1} in {dataset.config['data_path']}; "
+            f"first difference at {shown}). Its rows would score other {kind}s. "
+            f"Fix: point data_path at the files it was trained on."
+        )
+
+
+def checkpoint_marker(data: dict | None) -> dict:
+    """The entry our trainers add to every checkpoint they save."""
+    return {"format": CHECKPOINT_FORMAT, "writer": "recbole_letter", "data": data}
+
+
 @functools.lru_cache(maxsize=None)
 def trusted_checkpoint_trainer(base: type) -> type:
-    """Subclass a RecBole Trainer class so it reloads its own checkpoints on torch >= 2.6.
+    """Subclass a RecBole Trainer class so its checkpoints carry our marker and reload on torch >= 2.6.
 
-    Only the two methods that call ``torch.load`` are touched; the rest of the trainer (early
-    stopping, evaluation, logging) is RecBole's unchanged. Cached so each base gets one subclass.
+    ``fit`` records the training data's identity, ``_save_checkpoint`` (when the base uses
+    RecBole's) writes it with the marker, and the two methods that call ``torch.load`` load
+    trusted files and check the data. The rest (early stopping, evaluation, logging) is RecBole's.
+    Cached so each base gets one subclass.
     """
+    from recbole.trainer import Trainer
+
+    saves_like_recbole = getattr(base, "_save_checkpoint", None) is Trainer._save_checkpoint
 
     class _TrustedCheckpointTrainer(base):  # type: ignore[misc, valid-type]
+        _checkpoint_data: dict | None = None
+
+        def fit(self, train_data, *args, **kwargs):  # noqa: D401 - RecBole signature
+            self._checkpoint_data = dataset_identity(train_data._dataset)
+            return super().fit(train_data, *args, **kwargs)
+
+        if saves_like_recbole:
+
+            def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+                import torch
+                from recbole.utils import set_color
+
+                if not self.config["single_spec"] and self.config["local_rank"] != 0:
+                    return
+                saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+                state = {
+                    "config": self.config,
+                    "epoch": epoch,
+                    "cur_step": self.cur_step,
+                    "best_valid_score": self.best_valid_score,
+                    "state_dict": self.model.state_dict(),
+                    "other_parameter": self.model.other_parameter(),
+                    "optimizer": self.optimizer.state_dict(),
+                    CHECKPOINT_MARKER: checkpoint_marker(self._checkpoint_data),
+                }
+                torch.save(state, saved_model_file, pickle_protocol=4)
+                if verbose:
+                    self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
         def resume_checkpoint(self, resume_file):  # noqa: D401 - RecBole signature
             checkpoint = load_trusted_checkpoint(resume_file, self.device)
             self.saved_model_file = str(resume_file)
@@ -112,6 +286,7 @@ def trusted_checkpoint_trainer(base: type) -> type:
             if eval_data and load_best_model:
                 checkpoint_file = model_file or self.saved_model_file
                 checkpoint = load_trusted_checkpoint(checkpoint_file, self.device)
+                check_same_dataset(checkpoint.get(CHECKPOINT_MARKER), eval_data._dataset, checkpoint_file)
                 self.model.load_state_dict(checkpoint["state_dict"])
                 self.model.load_other_parameter(checkpoint.get("other_parameter"))
                 self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
@@ -123,6 +298,117 @@ def trusted_checkpoint_trainer(base: type) -> type:
     _TrustedCheckpointTrainer.__qualname__ = base.__qualname__
     _TrustedCheckpointTrainer.__doc__ = base.__doc__
     return _TrustedCheckpointTrainer
+
+
+def _check_data_folder(config: Any, model_file: str | Path) -> None:
+    """RecBole would try to *download* a dataset whose folder is missing: fail clearly instead."""
+    folder = Path(str(config["data_path"]))
+    name = config["dataset"]
+    if not folder.is_dir() or not any(folder.glob(f"{name}*.inter")):
+        raise FileNotFoundError(
+            f"{model_file} reads dataset '{name}' from {folder}, which has no {name}.inter. Fix: restore "
+            f"the files there, or give their folder: load_data_and_model(..., data_path=<folder with "
+            f"{name}.inter>) / recbole_letter.recommend --data_path=<folder containing '{name}/'>."
+        )
+
+
+def _use_available_device(config: Any) -> None:
+    """A checkpoint trained on a GPU still loads on a machine without one (on the CPU)."""
+    import torch
+
+    device = torch.device(config["device"] or "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        config["device"] = torch.device("cpu")
+        config["use_gpu"] = False
+
+
+def load_data_and_model(
+    model_file: str | Path,
+    *,
+    data_path: str | Path | None = None,
+    trust: bool | None = None,
+    log: bool = True,
+) -> tuple:
+    """RecBole's ``load_data_and_model``, working for every model this package trains.
+
+    Installed in place of RecBole's (see :func:`_patch_recbole_quick_start`). Differences, each a
+    fix: the checkpoint loads on torch >= 2.6 when this package wrote it (or ``trust``); the model
+    class is the one recorded in the checkpoint's Config (RecBole looks the *name* up in
+    ``recbole.model`` and, not finding ours, falls through to models needing lightgbm); the data
+    folder recorded at training time is checked to exist (RecBole would try a download) and the
+    rebuilt dataset must have the ids the model was trained on. ``data_path`` points at the dataset
+    folder when the files moved; ``log=False`` skips RecBole's ``./log`` file and config dump.
+    Returns RecBole's tuple: ``config, model, dataset, train_data, valid_data, test_data``.
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_logger, init_seed
+
+    checkpoint = load_trusted_checkpoint(model_file, map_location="cpu", trust=trust)
+    config = checkpoint["config"]
+    if data_path is not None:
+        set_data_path(config, data_path)
+    _check_data_folder(config, model_file)
+    _use_available_device(config)
+    init_seed(config["seed"], config["reproducibility"])
+    if log:
+        init_logger(config)
+        logging.getLogger().info(config)
+
+    dataset = create_dataset(config)
+    check_same_dataset(checkpoint.get(CHECKPOINT_MARKER), dataset, model_file)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model_class = getattr(config, "model_class", None)
+    if not isinstance(model_class, type):
+        model_class = get_model(config["model"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``patch(module)`` right after ``fullname`` is first imported.
+
+    ``recbole.quick_start`` imports Ray (seconds), so ``import recbole_letter`` must not import it
+    just to patch it; this finder patches it whenever the user (or RecBole) imports it.
+    """
+
+    def __init__(self, fullname: str, patch: Any) -> None:
+        self.fullname = fullname
+        self.patch = patch
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.fullname:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        run_module = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run_module(module)
+            self.patch(module)
+
+        spec.loader.exec_module = exec_module  # this spec's own loader instance
+        return spec
+
+
+def _install_load_data_and_model(module: Any) -> None:
+    module.load_data_and_model = load_data_and_model
+    package = sys.modules.get("recbole.quick_start")
+    if package is not None and hasattr(package, "load_data_and_model"):
+        package.load_data_and_model = load_data_and_model
+
+
+def _patch_recbole_quick_start() -> None:
+    """``recbole.quick_start.load_data_and_model`` -> :func:`load_data_and_model`, now or on import."""
+    name = "recbole.quick_start.quick_start"
+    if name in sys.modules:
+        _install_load_data_and_model(sys.modules[name])
+    elif not any(isinstance(f, _PatchAfterImport) and f.fullname == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchAfterImport(name, _install_load_data_and_model))
 
 
 def set_data_path(config: Any, dataset_dir: str | Path) -> None:

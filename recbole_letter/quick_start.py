@@ -1,94 +1,26 @@
 """Run any model (ours or RecBole's) under one protocol; several models -> one results table.
 
-Mirrors ``recbole.quick_start`` (``run_recbole``, ``objective_function``) but drives
+Mirrors ``recbole.quick_start.run_recbole`` but drives
 Config / create_dataset / data_preparation / Trainer itself, because RecBole's versions can only
 find models inside ``recbole.model`` and import Ray at module load.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import inspect
 import logging
-import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-from recbole_letter import compat
 from recbole_letter.atomic import write_json_atomic
-from recbole_letter.data.bundled import check_inter_columns, resolve_dataset_dir
-from recbole_letter.registry import PROPERTIES_DIR, ModelSpec, resolve_model
+from recbole_letter.config import build_config as build_model_config
+from recbole_letter.registry import ModelSpec, resolve_model
+from recbole_letter.tables import format_cell, markdown_table
 
 LOGGER = logging.getLogger("recbole_letter")
-
-# RecBole's default training negatives (recbole/properties/overall.yaml).
-_DEFAULT_NEGATIVES = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
-
-
-def _files_set(key: str, files: Sequence[str]) -> bool:
-    """Whether any YAML file in the cascade sets ``key`` at top level."""
-    import yaml
-
-    for file in files:
-        with open(file, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if isinstance(data, dict) and key in data:
-            return True
-    return False
-
-
-@contextlib.contextmanager
-def _argv_without_flags() -> Iterator[None]:
-    """Hide ``sys.argv`` from RecBole's Config, which parses every ``--key=value`` it sees.
-
-    Our entry point parses the command line itself and passes values as ``config_dict``; letting
-    Config read argv again would apply them twice and choke on flags like ``--tune``.
-    """
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "recbole_letter"]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def config_file_list(spec: ModelSpec, dataset: str, user_files: Sequence[str] | None) -> list[str]:
-    """The YAML cascade: overall < model/<M> < dataset/<D> < user files (later wins)."""
-    files = [PROPERTIES_DIR / "overall.yaml", *spec.config_files]
-    dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-    if dataset_file.is_file():
-        files.append(dataset_file)
-    for user_file in user_files or []:
-        path = Path(user_file)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Config file '{user_file}' not found. Fix: pass existing YAML files to --config_files."
-            )
-        files.append(path)
-    return [str(f) for f in files]
-
-
-def _validate_protocol(config: Any) -> None:
-    """Reject config values RecBole would accept silently or fail on much later."""
-    topk = config["topk"]
-    topk = [topk] if isinstance(topk, int) else topk
-    if not topk or any(not isinstance(k, int) or k <= 0 for k in topk):
-        raise ValueError(f"topk={config['topk']!r} must be positive integers. Fix: e.g. --topk=[5,10,20].")
-    metric = str(config["valid_metric"])
-    name, _, k = metric.partition("@")
-    known = {m.lower() for m in config["metrics"]}
-    if name.lower() not in known or (k and int(k) not in topk):
-        raise ValueError(
-            f"valid_metric={metric} is not among metrics {config['metrics']} @ topk {topk}. "
-            f"Fix: pick one of those, e.g. --valid_metric=NDCG@10."
-        )
-    for key in ("epochs", "train_batch_size", "eval_batch_size"):
-        value = config[key]
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{key}={value!r} must be a positive integer.")
 
 
 def build_config(
@@ -97,36 +29,9 @@ def build_config(
     config_files: Sequence[str] | None = None,
     config_dict: dict | None = None,
 ) -> tuple[Any, ModelSpec]:
-    """A RecBole Config for ``model`` on ``dataset`` under this package's protocol."""
-    from recbole.config import Config
-    from recbole.utils import ModelType
-
+    """A RecBole Config for the model named ``model`` (resolved by the registry) and its spec."""
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
-    files = config_file_list(spec, dataset, config_files)
-    params = dict(config_dict or {})
-    sequential = spec.model_class.type == ModelType.SEQUENTIAL
-    negatives_given = "train_neg_sample_args" in params or _files_set("train_neg_sample_args", files)
-    if sequential and not negatives_given:
-        # RecBole's default samples one negative, which Config rejects for CE-loss sequential
-        # models (SASRec, TIGER...); BPR-loss ones get the default back below.
-        params["train_neg_sample_args"] = None
-    with _argv_without_flags():
-        config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=params)
-    if sequential and not negatives_given and config["loss_type"] != "CE":
-        config["train_neg_sample_args"] = dict(_DEFAULT_NEGATIVES)
-    raw_data_path = config.external_config_dict.get("data_path") or "dataset/"
-    dataset_dir = resolve_dataset_dir(dataset, raw_data_path, config["checkpoint_dir"])
-    compat.set_data_path(config, dataset_dir)
-    required = [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]]
-    if config["eval_args"]["order"] == "TO":
-        required.append(config["TIME_FIELD"])
-    check_inter_columns(dataset_dir, dataset, required)
-    _validate_protocol(config)
-    threads = config["torch_num_threads"]
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    config = build_model_config(spec.model_class, dataset, config_files, config_dict, model_files=spec.config_files)
     return config, spec
 
 
@@ -224,16 +129,6 @@ def _floats(result: Any) -> dict[str, Any]:
     return {str(k): _to_float(v) for k, v in dict(result or {}).items()}
 
 
-def objective_function(
-    config_dict: dict | None = None, config_file_list: Sequence[str] | None = None, saved: bool = False
-) -> dict[str, Any]:
-    """RecBole-compatible objective for tuning: ``config_dict`` must hold ``model`` and ``dataset``."""
-    params = dict(config_dict or {})
-    model = params.pop("model")
-    dataset = params.pop("dataset")
-    return run_recbole_letter(model, dataset, config_file_list, params, saved=saved)
-
-
 # ---------------------------------------------------------------- results tables
 
 
@@ -246,19 +141,16 @@ def results_table(results: Sequence[dict[str, Any]], split: str = "test_result")
                 columns.append(key)
     failed = any(res.get("error") for res in results)
     header = ["model", *columns, "epochs", "s/epoch"] + (["error"] if failed else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for res in results:
         values = res.get(split) or {}
-        cells = [res["model"]]
-        for col in columns:
-            value = values.get(col)
-            cells.append(f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value)))
-        cells.append("" if res.get("epochs") is None else str(res["epochs"]))
-        cells.append("" if res.get("seconds_per_epoch") is None else f"{res['seconds_per_epoch']:.1f}")
+        seconds = res.get("seconds_per_epoch")
+        cells = [res["model"], *(values.get(col) for col in columns), res.get("epochs")]
+        cells.append(None if seconds is None else f"{seconds:.1f}")
         if failed:
-            cells.append(str(res.get("error", "")).replace("|", "/").replace("\n", " ")[:200])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append(format_cell(res.get("error", ""), max_chars=200))
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def run_models(

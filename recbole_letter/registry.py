@@ -14,8 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from recbole_letter import compat
+from recbole_letter.config import PROPERTIES_DIR, model_config_files
 
-PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
+__all__ = ["PROPERTIES_DIR", "ModelSpec", "UnknownModelError", "known_model_names", "resolve_model"]
 
 # Our models: name -> "module:Class". Imported lazily so that a SASRec run never imports
 # transformers.
@@ -80,14 +81,6 @@ def known_model_names() -> list[str]:
     return list(_OUR_MODELS) + [n for n in recbole_model_names() if n not in _OUR_MODELS]
 
 
-def _model_config_files(name: str, model_class: type) -> tuple[Path, ...]:
-    """Default YAMLs of a model, in order. A model may list several via ``default_config_names``
-    (TIGER reads the tokenizer's LETTER.yaml before its own; RQVAE shares LETTER.yaml)."""
-    names = getattr(model_class, "default_config_names", (name,))
-    paths = (PROPERTIES_DIR / "model" / f"{n}.yaml" for n in names)
-    return tuple(p for p in paths if p.is_file())
-
-
 def _trainer_for(model_class: type, name: str) -> type:
     """The model's own ``trainer_class`` if it has one, else RecBole's choice for its type."""
     trainer = getattr(model_class, "trainer_class", None)
@@ -129,10 +122,10 @@ def resolve_model(name: str) -> ModelSpec:
     for ours in _OUR_MODELS:
         if ours.lower() == name.lower():
             cls = _load_ours(ours)
-            return ModelSpec(ours, cls, _trainer_for(cls, ours), _model_config_files(ours, cls), "recbole_letter")
+            return ModelSpec(ours, cls, _trainer_for(cls, ours), model_config_files(cls, ours), "recbole_letter")
     cls = _find_recbole_model(name)
     if cls is not None:
-        return ModelSpec(cls.__name__, cls, _trainer_for(cls, cls.__name__), _model_config_files(cls.__name__, cls), "recbole")
+        return ModelSpec(cls.__name__, cls, _trainer_for(cls, cls.__name__), model_config_files(cls), "recbole")
     raise UnknownModelError(
         f"Unknown model '{name}'. Fix: use one of: {', '.join(known_model_names())}."
     )

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
@@ -66,52 +64,6 @@ def random_inputs(batch: int, length: int, vocab: int, seed: int) -> tuple[torch
     lengths = torch.randint(1, length + 1, (batch,), generator=g)
     mask = torch.arange(length)[None] < lengths[:, None]
     return ids.masked_fill(~mask, 0), mask
-
-
-# ---------------------------------------------------------------- prefix index
-def test_prefix_index_on_hand_table():
-    table = np.array([[-1, -1], [0, 1], [0, 2], [1, 0]])
-    index = PrefixIndex(table)
-    assert index.level_sizes == [2, 3] and index.n_prefixes == [1, 2]
-    assert index.child(0).tolist() == [[0, 1]]  # prefixes (0,) -> 0, (1,) -> 1
-    assert index.child(1).tolist() == [[-1, 1, 2], [3, -1, -1]]  # -> item ids
-    assert torch.equal(index.mask(1) == 0, index.child(1) >= 0)
-    assert index.mask(1)[0, 0] == float("-inf")
-
-
-@pytest.mark.parametrize(
-    "table, message",
-    [
-        (np.array([[-1, -1], [0, 1], [0, 1]]), "duplicate"),
-        (np.array([[-1, -1], [0, -1], [1, 1]]), "mix negative"),
-        (np.array([[-1, -1]]), "no item rows"),
-        (np.array([-1, 0, 1]), "2-D"),
-    ],
-)
-def test_prefix_index_rejects_bad_tables(table, message):
-    with pytest.raises(ValueError, match=message):
-        PrefixIndex(table)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    n_items=st.integers(1, 60),
-    n_levels=st.integers(1, 4),
-    n_codes=st.integers(2, 6),
-    seed=st.integers(0, 10_000),
-)
-def test_prefix_index_walks_reach_exactly_the_items(n_items, n_levels, n_codes, seed):
-    n_items = min(n_items, n_codes**n_levels)
-    table = unique_table(n_items, n_levels, n_codes, seed)
-    index = PrefixIndex(table)
-    prefix = torch.zeros(n_items, dtype=torch.long)
-    codes = torch.as_tensor(table[1:])
-    for level in range(n_levels):
-        assert (index.mask(level)[prefix, codes[:, level]] == 0).all()
-        prefix = index.child(level)[prefix, codes[:, level]]
-        n_allowed = int((index.child(level) >= 0).sum())
-        assert n_allowed == len({tuple(r) for r in table[1:, : level + 1].tolist()})
-    assert prefix.tolist() == list(range(1, n_items + 1))
 
 
 # ---------------------------------------------------------------- beam search

@@ -14,12 +14,12 @@ import pytest
 import torch
 from recbole.data import create_dataset
 
-from recbole_letter.data import text_embeddings
+from recbole_letter.stages import text_embeddings
 from recbole_letter.quick_start import build_config, run_recbole_letter
-from recbole_letter.tokenization import cf_embeddings as cf_module
-from recbole_letter.tokenization import stage as stage_module
+from recbole_letter.stages import cf_embeddings as cf_module
+from recbole_letter.stages import item_tokenizer as stage_module
 from recbole_letter.tokenization.semantic_ids import load_index_json
-from recbole_letter.tokenization.stage import load_or_fit_tokenizer, semantic_ids_for
+from recbole_letter.stages.item_tokenizer import load_or_fit_tokenizer, semantic_ids_for
 
 DATASET = "tiny"
 N_ITEMS = 30
@@ -312,7 +312,7 @@ def test_tokenize_items_keeps_the_generator_vocabulary_unless_told_otherwise():
     """A new item that needs a larger extra-level code than the table has would be an ID the
     trained generator cannot emit: refused by default, allowed with an explicit size."""
     from recbole_letter.tokenization.rqvae import RQVAE
-    from recbole_letter.tokenization.stage import ItemTokenizer
+    from recbole_letter.stages.item_tokenizer import ItemTokenizer
 
     model = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=1, codebook_size=2, sinkhorn_last_level=False)
     with torch.no_grad():
@@ -354,7 +354,7 @@ def test_dead_code_restarts_prevent_first_level_collapse():
     """Unit-norm inputs sharing a large common direction (like MiniLM title embeddings): the
     encoder moves its outputs after k-means init and, without restarts, most first-level
     codes die (measured: 5/32 used); with restarts the codebook stays in use."""
-    from recbole_letter.tokenization.trainer import TokenizerConfig, fit_tokenizer
+    from recbole_letter.tokenization.fit import TokenizerConfig, fit_tokenizer
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12, 64))[rng.integers(0, 12, 600)] + 0.5 * rng.standard_normal((600, 64))

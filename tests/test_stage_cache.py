@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from recbole_letter.stage_cache import (
+from recbole_letter.stages.stage_cache import (
     MANIFEST_NAME,
     StageCache,
     cache_root_for,
     directory_fingerprint,
+    file_digest,
     stage_key,
 )
 
@@ -188,3 +189,78 @@ def test_two_processes_compute_once(tmp_path: Path, inputs: Path) -> None:
     assert results[0] == results[1]
     assert results[0][1] == "computed-once"
     assert (Path(results[0][0]) / MANIFEST_NAME).is_file()
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def _filled(tmp_path: Path, inputs: Path, payload: str = "0123456789"):
+    cache = StageCache(tmp_path / "stages")
+    key = stage_key("demo", [inputs], {"v": 1})
+    entry = cache.get_or_compute("demo", key, _write_payload(payload))
+    return cache, key, entry
+
+
+def test_manifest_records_size_and_checksum_of_every_output(tmp_path: Path, inputs: Path) -> None:
+    _, _, entry = _filled(tmp_path, inputs)
+    outputs = json.loads((entry / MANIFEST_NAME).read_text())["outputs"]
+    assert outputs == [{"path": "payload.txt", "size": 10, "sha256": file_digest(entry / "payload.txt")}]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda e: (e / "payload.txt").write_text("01234"), "has 5 bytes, the manifest says 10"),
+        (lambda e: (e / "payload.txt").write_text("0123456780"), "does not match its checksum"),
+        (lambda e: (e / "payload.txt").unlink(), "payload.txt is missing"),
+        (lambda e: (e / MANIFEST_NAME).write_text('{"key": '), "unreadable manifest"),
+        (
+            lambda e: (e / MANIFEST_NAME).write_text(
+                json.dumps({k: v for k, v in json.loads((e / MANIFEST_NAME).read_text()).items() if k != "outputs"})
+            ),
+            "no file checksums",
+        ),
+    ],
+    ids=["truncated", "same-size-corruption", "deleted-file", "broken-manifest", "legacy-manifest"],
+)
+def test_damaged_entry_is_moved_aside_and_recomputed(tmp_path, inputs, caplog, damage, reason) -> None:
+    cache, key, entry = _filled(tmp_path, inputs)
+    damage(entry)
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        assert cache.get("demo", key) is None
+    assert reason in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        again = cache.get_or_compute("demo", key, _write_payload("0123456789"))
+    assert again == entry and (again / "payload.txt").read_text() == "0123456789"
+    assert "damaged" in caplog.text and "recomputing" in caplog.text
+    aside = [p for p in entry.parent.iterdir() if p.name.startswith(".damaged-")]
+    assert len(aside) == 1 and aside[0].name.startswith(f".damaged-{entry.name}-")
+    assert cache.get("demo", key) == entry  # now verified intact
+    # a second damage keeps only the newest moved-aside copy
+    (entry / "payload.txt").write_text("x")
+    cache.get_or_compute("demo", key, _write_payload("0123456789"))
+    assert len([p for p in entry.parent.iterdir() if p.name.startswith(".damaged-")]) == 1
+
+
+def test_sweep_removes_leftovers_of_killed_writers_only(tmp_path: Path, inputs: Path) -> None:
+    from recbole_letter.stages.stage_cache import _flocked
+
+    cache, key, entry = _filled(tmp_path, inputs)
+    stage_dir = entry.parent
+    dead, live = "a" * 24, "b" * 24
+    for name in (dead, live):
+        (stage_dir / f".tmp-{name}-x1").mkdir()
+        (stage_dir / f".tmp-{name}-x1" / "half.npy").write_bytes(b"partial")
+    (stage_dir / f"{dead}.lock").write_bytes(b"")  # the kernel released it when the writer died
+    with _flocked(stage_dir / f"{live}.lock", blocking=True):  # a writer still at work
+        cache.get_or_compute("demo", key, _write_payload("unused"))  # a hit still sweeps
+        names = sorted(p.name for p in stage_dir.iterdir())
+        assert f".tmp-{dead}-x1" not in names and f"{dead}.lock" not in names
+        assert f".tmp-{live}-x1" in names and f"{live}.lock" in names
+    assert sorted(p.name for p in stage_dir.iterdir() if p.name != f".tmp-{live}-x1") == [entry.name]
+
+
+def test_lock_files_do_not_accumulate(tmp_path: Path, inputs: Path) -> None:
+    cache, key, entry = _filled(tmp_path, inputs)
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import recbole_letter  # noqa: F401  (applies the numpy-2 shims RecBole needs)
-from recbole_letter.data import text_embeddings as te
+from recbole_letter.stages import text_embeddings as te
 from recbole_letter.data.item_matrix import load_item_matrix, sidecar_paths
 from recbole_letter.data.item_text import item_texts
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recbole_letter.tokenization import trainer as trainer_mod
+from recbole_letter.tokenization import fit as trainer_mod
 from recbole_letter.tokenization.kmeans import balanced_kmeans, kmeans, sinkhorn_assign, squared_distances
 from recbole_letter.tokenization.losses import (
     cf_contrastive_loss,
@@ -19,7 +19,7 @@ from recbole_letter.tokenization.losses import (
     sample_cluster_positives,
 )
 from recbole_letter.tokenization.rqvae import RQVAE
-from recbole_letter.tokenization.trainer import TokenizerConfig, encode_codes, fit_tokenizer
+from recbole_letter.tokenization.fit import TokenizerConfig, encode_codes, fit_tokenizer
 
 torch.set_num_threads(1)
 

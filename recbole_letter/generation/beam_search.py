@@ -1,11 +1,12 @@
 """Batched beam search constrained to the semantic IDs of real items.
 
-Every user's beams advance together as one ``[batch, beam]`` grid: per level, one gather from the
-:class:`PrefixIndex` masks the candidates of all beams at once, one ``topk`` over ``beam * codes``
-candidates per user picks the survivors, and one gather maps (prefix, code) to the next prefix id
-(or, at the last level, to the item id). The model side is hidden behind :class:`BeamStepper`, so
-the same search serves any decoder that can score the next token of a batch of beams
-(TIGER's encoder-decoder, a causal LLM).
+Every user's beams advance together as one ``[batch, beam]`` grid: per level, the
+:class:`PrefixIndex` scores the allowed candidates of all beams at once (a masked row gather in
+its dense layout, a gather of each prefix's child codes in its sparse one), one ``topk`` over
+``beam * width`` candidates per user picks the survivors, and one gather maps (prefix, slot) to
+the code and the next prefix id (or, at the last level, the item id). The model side is hidden
+behind :class:`BeamStepper`, so the same search serves any decoder that can score the next token
+of a batch of beams (TIGER's encoder-decoder, a causal LLM).
 
 Scores are sums of the model's log-probabilities over the full vocabulary (no renormalisation
 over the allowed codes), i.e. exactly the teacher-forced sequence log-probability of the item.
@@ -58,10 +59,9 @@ def constrained_beam_search(
         beam_size: beams kept per context.
 
     Returns:
-        ``(items, scores)``, both ``[B, K]`` with ``K = min(beam_size, number of items)``, sorted
-        by descending score. ``scores`` are sequence log-probabilities; an entry of ``-inf`` (item
-        ``-1``) marks a beam that found no item, which only happens when the catalogue is smaller
-        than ``beam_size`` at some level.
+        ``(items, scores)``, both ``[B, beam_size]``, sorted by descending score. ``scores`` are
+        sequence log-probabilities; an entry of ``-inf`` (item ``-1``) marks a beam that found no
+        item, which only happens when fewer than ``beam_size`` items can be reached.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -76,31 +76,43 @@ def constrained_beam_search(
     prefix = torch.zeros(batch, 1, dtype=torch.long, device=device)
     found = prefix
     for level in range(index.n_levels):
-        size = index.level_sizes[level]
         offset = token_offsets[level]
-        cand = log_probs[..., offset : offset + size] + index.mask(level)[prefix]
-        cand = (scores.unsqueeze(-1) + cand).flatten(1)  # [B, beams * size]
+        level_log_probs = log_probs[..., offset : offset + index.level_sizes[level]]
+        cand = index.candidates(level, prefix, level_log_probs)  # [B, beams, width]
+        width = cand.shape[-1]
+        cand = (scores.unsqueeze(-1) + cand).flatten(1)
         k = min(beam_size, cand.shape[1])
         scores, flat = cand.topk(k, dim=1)
-        parent = torch.div(flat, size, rounding_mode="floor")
-        code = flat - parent * size
-        found = index.child(level)[prefix.gather(1, parent), code]
-        # Beams that picked a disallowed code carry -inf; park them on prefix 0 so later gathers
+        parent = torch.div(flat, width, rounding_mode="floor")
+        code, found = index.follow(level, prefix.gather(1, parent), flat - parent * width)
+        # Beams that picked a disallowed slot carry -inf; park them on prefix 0 so later gathers
         # stay in range (their score stays -inf whatever they add).
         prefix = found.clamp_min(0)
         if level + 1 < index.n_levels:
             log_probs = stepper.advance(parent, code + offset)
-    dead = ~torch.isfinite(scores)
-    items = found.masked_fill(dead, -1)
+    items = found.masked_fill(~torch.isfinite(scores), -1)
+    if k < beam_size:  # tiny catalogues: same width whatever the layout or the number of codes
+        items = torch.nn.functional.pad(items, (0, beam_size - k), value=-1)
+        scores = torch.nn.functional.pad(scores, (0, beam_size - k), value=float("-inf"))
     return items, scores
 
 
-def scatter_scores(items: torch.Tensor, scores: torch.Tensor, n_items: int) -> torch.Tensor:
+def scatter_scores(
+    items: torch.Tensor, scores: torch.Tensor, n_items: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dense ``[B, n_items]`` scores: beam log-probs for found items, ``-inf`` everywhere else.
 
-    Dead beams (item ``-1``) are written to column 0, the padding item, as ``-inf``.
+    RecBole's full-sort evaluator needs this matrix per evaluation batch; pass ``out`` (e.g. a
+    row slice of the batch's matrix) to fill it in place instead of allocating a chunk and
+    concatenating, which would hold the matrix twice. Dead beams (item ``-1``) are written to
+    column 0, the padding item, as ``-inf``.
     """
-    out = torch.full((items.shape[0], n_items), float("-inf"), device=scores.device, dtype=scores.dtype)
+    shape = (items.shape[0], n_items)
+    if out is None:
+        out = torch.empty(shape, device=scores.device, dtype=scores.dtype)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} (one row per user)")
+    out.fill_(float("-inf"))
     alive = items >= 0
-    out.scatter_(1, items.clamp_min(0), scores.masked_fill(~alive, float("-inf")))
+    out.scatter_(1, items.clamp_min(0), scores.masked_fill(~alive, float("-inf")).to(out.dtype))
     return out

@@ -17,8 +17,8 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.trainer import AbstractTrainer
 from recbole.utils import InputType, ModelType
 
-from recbole_letter.tokenization.cf_embeddings import check_cf_config
-from recbole_letter.tokenization.stage import (
+from recbole_letter.stages.cf_embeddings import check_cf_config
+from recbole_letter.stages.item_tokenizer import (
     ItemTokenizer,
     build_report,
     load_or_fit_tokenizer,

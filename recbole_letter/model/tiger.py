@@ -43,7 +43,7 @@ from recbole_letter.generation.beam_search import constrained_beam_search, scatt
 from recbole_letter.generation.losses import ranking_guided_loss
 from recbole_letter.generation.prefix_index import PrefixIndex
 from recbole_letter.generation.trainer import GenerativeTrainer
-from recbole_letter.tokenization.stage import semantic_ids_for
+from recbole_letter.stages.item_tokenizer import semantic_ids_for
 
 PAD_TOKEN = 0
 EOS_TOKEN = 1
@@ -173,7 +173,7 @@ class TIGER(SequentialRecommender):
         if (table[0] != -1).any():
             raise ValueError("semantic-ID table row 0 (padding item) must be all -1; rebuild the table")
         self.register_buffer("semantic_ids", torch.as_tensor(table, dtype=torch.long))
-        self.index = PrefixIndex(table)
+        self.index = PrefixIndex(table, layout=str(_require(config, "prefix_index")))
         self.n_levels = self.index.n_levels
         sizes = self.index.level_sizes
         self.token_offsets: list[int] = [N_SPECIAL + sum(sizes[:l]) for l in range(self.n_levels)]

@@ -5,7 +5,7 @@
 Level ``l`` quantises the residual ``r_l`` (``r_0 = z``, ``r_{l+1} = r_l - e_l``) to its nearest
 code ``e_l``; ``z_q = sum_l e_l`` is passed to the decoder with a straight-through estimator so
 the reconstruction gradient reaches the encoder. The module holds only the network and the
-quantiser; the LETTER regularisers live in :mod:`.losses` and the fit loop in :mod:`.trainer`.
+quantiser; the LETTER regularisers live in :mod:`.losses` and the fit loop in :mod:`.fit`.
 """
 from __future__ import annotations
 

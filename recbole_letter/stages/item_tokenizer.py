@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from recbole_letter.data.item_matrix import dataset_item_tokens as item_tokens  # re-exported
-from recbole_letter.stage_cache import stage_cache_for, stage_key
+from recbole_letter.seeding import isolated_rng
+from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
 from recbole_letter.tokenization.kmeans import squared_distances
 from recbole_letter.tokenization.report import format_report, plot_code_usage, tokenizer_report
 from recbole_letter.tokenization.semantic_ids import (
@@ -31,7 +32,7 @@ from recbole_letter.tokenization.semantic_ids import (
     load_index_json,
     make_unique,
 )
-from recbole_letter.tokenization.trainer import TokenizerConfig, build_model, fit_tokenizer
+from recbole_letter.tokenization.fit import TokenizerConfig, build_model, fit_tokenizer
 
 LOGGER = logging.getLogger("recbole_letter")
 STAGE = "tokenizer"
@@ -224,7 +225,17 @@ def _method(config: Any) -> str:
 
 
 def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) -> ItemTokenizer:
-    """The dataset's tokenizer: imported from an index.json path, or fitted (cached)."""
+    """The dataset's tokenizer: imported from an index.json path, or fitted (cached).
+
+    Runs with private random state: rebuilding the cached network draws initial weights before
+    loading the saved ones, and a cache miss trains; neither may shift the caller's random
+    streams, or the same seed would give other metrics on a cold and a warm cache.
+    """
+    with isolated_rng():
+        return _load_or_fit(config, dataset, method)
+
+
+def _load_or_fit(config: Any, dataset: Any, method: str | None) -> ItemTokenizer:
     method = method or _method(config)
     tokens = item_tokens(dataset)
     if method not in METHODS:
@@ -245,8 +256,8 @@ def load_or_fit_tokenizer(config: Any, dataset: Any, method: str | None = None) 
         return ItemTokenizer(tokens, unique, raw, sizes)
 
     cfg = tokenizer_config_from(config, method)
-    from recbole_letter.data.text_embeddings import item_text_embeddings
-    from recbole_letter.tokenization.cf_embeddings import item_cf_embeddings
+    from recbole_letter.stages.text_embeddings import item_text_embeddings
+    from recbole_letter.stages.cf_embeddings import item_cf_embeddings
 
     emb = item_text_embeddings(config, dataset)[1:]
     cf = normalise_cf_rows(item_cf_embeddings(config, dataset)[1:]) if cfg.alpha > 0 else None
@@ -282,7 +293,7 @@ def build_report(tok: ItemTokenizer, config: Any, dataset: Any) -> dict[str, flo
     everything scores 1.0), the lift only when CF neighbours share codes more than random items
     do. LETTER's collaborative claim is about the lift, and a collapsed tokenizer cannot fake it.
     """
-    from recbole_letter.tokenization.cf_embeddings import item_cf_embeddings
+    from recbole_letter.stages.cf_embeddings import item_cf_embeddings
 
     cf = item_cf_embeddings(config, dataset)[1:]
     table = tok.table_for(dataset)[1:]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
-from recbole_letter.stage_cache import stage_cache_for, stage_key
+from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
 
 LOGGER = logging.getLogger("recbole_letter")
 STAGE = "cf_embeddings"
@@ -70,12 +70,24 @@ def _extract_item_embeddings(model: Any) -> np.ndarray:
     return items.detach().cpu().numpy().astype(np.float32)
 
 
+def _cf_model_class(name: str) -> type:
+    """RecBole's class for a supported CF model (a built-in: no registry look-up needed)."""
+    if name == "SASRec":
+        from recbole.model.sequential_recommender import SASRec
+
+        return SASRec
+    from recbole.model.general_recommender import LightGCN
+
+    return LightGCN
+
+
 def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_dir: Path) -> None:
     """Train ``name`` on the training split of ``config``'s dataset and save embeddings by token."""
     from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
+    from recbole.utils import get_trainer, init_seed
 
-    from recbole_letter.quick_start import build_config
+    from recbole_letter import compat
+    from recbole_letter.config import build_config
 
     params = {k: config[k] for k in _SPLIT_KEYS if config[k] is not None}
     params.update(overrides)
@@ -87,13 +99,14 @@ def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_di
             "checkpoint_dir": str(out_dir),
         }
     )
-    cf_config, spec = build_config(name, config["dataset"], config_dict=params)
+    model_class = _cf_model_class(name)
+    cf_config = build_config(model_class, config["dataset"], config_dict=params)
     init_seed(cf_config["seed"], cf_config["reproducibility"])
     data = create_dataset(cf_config)
     train_data, _valid, _test = data_preparation(cf_config, data)
     init_seed(cf_config["seed"], cf_config["reproducibility"])
-    model = spec.model_class(cf_config, train_data._dataset).to(cf_config["device"])
-    trainer = spec.trainer_class(cf_config, model)
+    model = model_class(cf_config, train_data._dataset).to(cf_config["device"])
+    trainer = compat.trusted_checkpoint_trainer(get_trainer(model_class.type, name))(cf_config, model)
     # No valid_data: nothing outside the training split influences the embeddings.
     trainer.fit(train_data, None, saved=False, show_progress=False)
     items = _extract_item_embeddings(model)

@@ -19,10 +19,22 @@ config values it reads.  Design decisions:
   last, inside a temporary directory that is then renamed into place in one ``os.rename`` (same
   parent directory, so the rename is atomic on POSIX).  A crash or exception leaves at most a
   ``.tmp-*`` directory that readers ignore and the next writer of that key removes.
+* **Integrity.**  The manifest lists every output file with its size and SHA-256; a read
+  verifies them (hashes are memoised per process, so one run hashes an entry once).  An entry
+  that fails -- truncated ``codes.npy``, a deleted ``tokens.json``, an unreadable manifest, or a
+  manifest from before checksums were recorded -- is moved aside to ``.damaged-<name>-<time>``
+  (kept for inspection, only the newest per key) and recomputed with a warning, instead of
+  failing every later run with a raw numpy/torch error.
 * **Concurrency.**  Writers of one key serialise on ``fcntl.flock`` of ``<stage>/<key>.lock``;
   the second process (e.g. another Ray Tune trial) waits, then finds the finished entry and
-  reuses it instead of recomputing.  Lock files are never deleted (deleting them reopens races).
-  ``flock`` is advisory and local: on NFS shared by several hosts use a per-host cache root.
+  reuses it instead of recomputing.  The holder unlinks the lock file before releasing it, and
+  a waiter that then acquires an unlinked file simply retries on a fresh one, so lock files do
+  not pile up and deleting them cannot let two writers in.  ``flock`` is advisory and local: on
+  NFS shared by several hosts use a per-host cache root.
+* **Leftovers of killed runs.**  A killed writer leaves a ``.tmp-*`` folder and its lock file
+  (the kernel releases the lock itself).  Every ``get_or_compute`` sweeps its stage folder (one
+  directory listing): leftovers whose lock can be taken without waiting belong to no live
+  writer and are removed.
 """
 from __future__ import annotations
 
@@ -41,9 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from recbole_letter.seeding import isolated_rng, seed_from
+
 logger = logging.getLogger("recbole_letter")
 
 MANIFEST_NAME = "manifest.json"
+DAMAGED_PREFIX = ".damaged-"
 _CHUNK = 1 << 20  # 1 MiB read size: flat memory for big files, few syscalls for small ones.
 _KEY_DIR_CHARS = 24  # 96 bits of the digest in the directory name; the manifest keeps all 256.
 
@@ -172,6 +187,50 @@ def _check_stage_name(stage: str) -> None:
         raise ValueError(f"invalid stage name {stage!r}: use a plain directory name such as 'text_embeddings'")
 
 
+def _output_records(entry: Path) -> list[dict[str, Any]]:
+    """Size and SHA-256 of every file an entry holds (the manifest itself excluded)."""
+    records = []
+    for f in sorted(p for p in entry.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+        records.append({"path": f.relative_to(entry).as_posix(), "size": f.stat().st_size, "sha256": file_digest(f)})
+    return records
+
+
+def verify_entry(entry: Path, digest: str) -> str | None:
+    """Why the entry at ``entry`` cannot be trusted for ``digest``, or None when it is intact.
+
+    ``"missing"`` means there is no completed entry at all (no manifest): not damage.
+    """
+    manifest = entry / MANIFEST_NAME
+    try:
+        with open(manifest, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"unreadable manifest ({type(err).__name__})"
+    if not isinstance(data, dict):
+        return "manifest is not a JSON object"
+    if data.get("key") != digest:
+        return "missing"  # a truncated-digest clash: another key's data, never ours
+    outputs = data.get("outputs")
+    if not isinstance(outputs, list):
+        return "manifest has no file checksums (written by an older version)"
+    for record in outputs:
+        try:
+            path = entry / record["path"]
+            size, sha = int(record["size"]), str(record["sha256"])
+        except (KeyError, TypeError, ValueError):
+            return "manifest has a malformed file record"
+        if not path.is_file():
+            return f"{record['path']} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{record['path']} has {actual} bytes, the manifest says {size}"
+        if file_digest(path) != sha:
+            return f"{record['path']} does not match its checksum"
+    return None
+
+
 class StageCache:
     """Directory of completed stage outputs, safe under concurrent writers (see module docstring)."""
 
@@ -200,21 +259,17 @@ class StageCache:
 
     # -- reading -------------------------------------------------------------------------
     def get(self, stage: str, key: StageKey | str) -> Path | None:
-        """The entry directory if it is complete (manifest present and for this exact key), else None."""
+        """The entry directory if it is complete and intact (every file matches its size and
+        checksum in the manifest), else None.  Damage is logged, not repaired, here:
+        :meth:`get_or_compute` repairs it under the key's lock."""
         digest = self._digest(stage, key)
         entry = self.entry_dir(stage, digest)
-        manifest = entry / MANIFEST_NAME
-        try:
-            with open(manifest, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            logger.warning("stage cache: unreadable manifest %s, treating the entry as missing", manifest)
-            return None
-        if data.get("key") != digest:
-            return None  # a truncated-digest clash: never hand back another key's data
-        return entry
+        problem = verify_entry(entry, digest)
+        if problem is None:
+            return entry
+        if problem != "missing":
+            logger.warning("stage cache: %s is damaged (%s); it will be recomputed", entry, problem)
+        return None
 
     def manifest(self, stage: str, key: StageKey | str) -> dict[str, Any] | None:
         """Parsed manifest of a complete entry (for reports and debugging), else None."""
@@ -225,17 +280,62 @@ class StageCache:
             return json.load(fh)
 
     # -- writing -------------------------------------------------------------------------
+    def _lock_path(self, stage: str, name: str) -> Path:
+        return self._stage_dir(stage) / f"{name}.lock"
+
     @contextlib.contextmanager
     def _locked(self, stage: str, digest: str) -> Iterator[None]:
+        """Exclusive lock of one key (blocking)."""
+        self._stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        with _flocked(self._lock_path(stage, digest[:_KEY_DIR_CHARS]), blocking=True):
+            yield
+
+    def sweep(self, stage: str) -> list[Path]:
+        """Remove what killed runs left in ``stage``: temporary folders, trash and lock files.
+
+        Only leftovers of keys whose lock can be taken *without waiting* are touched: a live
+        writer holds its key's lock for as long as its temporary folder exists.  Returns the
+        removed paths.
+        """
         stage_dir = self._stage_dir(stage)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = stage_dir / f"{digest[:_KEY_DIR_CHARS]}.lock"
-        with open(lock_path, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        if not stage_dir.is_dir():
+            return []
+        names: dict[str, list[Path]] = {}
+        for path in stage_dir.iterdir():
+            for prefix in (".tmp-", ".old-"):
+                if path.name.startswith(prefix):
+                    names.setdefault(path.name[len(prefix) :].split("-", 1)[0], []).append(path)
+            if path.name.endswith(".lock"):
+                names.setdefault(path.name[: -len(".lock")], [])
+        removed: list[Path] = []
+        for name, leftovers in names.items():
+            lock = self._lock_path(stage, name)
             try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                with _flocked(lock, blocking=False):
+                    for path in leftovers:
+                        shutil.rmtree(path, ignore_errors=True)
+                        removed.append(path)
+            except BlockingIOError:
+                continue  # a live writer: its folder is not a leftover
+            if not lock.exists():
+                removed.append(lock)
+        if removed:
+            logger.info("stage cache: removed %d leftovers of interrupted runs in %s", len(removed), stage_dir)
+        return removed
+
+    def _move_aside(self, stage: str, digest: str, reason: str) -> Path:
+        """Rename a damaged entry out of the way (caller holds the key's lock); keep the newest copy."""
+        entry = self.entry_dir(stage, digest)
+        parent = entry.parent
+        for older in parent.glob(f"{DAMAGED_PREFIX}{entry.name}-*"):
+            shutil.rmtree(older, ignore_errors=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = parent / f"{DAMAGED_PREFIX}{entry.name}-{stamp}-{os.getpid()}"
+        os.rename(entry, aside)
+        logger.warning(
+            "stage %s: cache entry %s is damaged (%s); moved it to %s and recomputing", stage, entry, reason, aside
+        )
+        return aside
 
     @contextlib.contextmanager
     def _write_locked(self, stage: str, key: StageKey | str, extra: Mapping[str, Any] | None) -> Iterator[Path]:
@@ -250,6 +350,7 @@ class StageCache:
         started = time.time()
         try:
             yield tmp
+            outputs = _output_records(tmp)
             manifest = {
                 "stage": stage,
                 "key": digest,
@@ -258,6 +359,7 @@ class StageCache:
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "compute_seconds": round(time.time() - started, 3),
                 "package_version": package_version(),
+                "outputs": outputs,
             }
             if extra:
                 manifest["extra"] = json.loads(canonical_json(dict(extra)))
@@ -300,21 +402,60 @@ class StageCache:
 
         Concurrent callers with the same key: one computes, the others block on the lock and then
         reuse its result.  If ``compute_fn`` raises, nothing is stored and the error propagates.
+        ``compute_fn`` runs under :func:`~recbole_letter.seeding.isolated_rng` seeded from the key,
+        so global random draws inside it neither depend on nor change the caller's state.
         """
         digest = self._digest(stage, key)
-        hit = self.get(stage, key)
-        if hit is not None:
-            logger.info("stage %s: cache hit %s", stage, hit)
-            return hit
+        self.sweep(stage)
+        entry = self.entry_dir(stage, digest)
+        if verify_entry(entry, digest) is None:
+            logger.info("stage %s: cache hit %s", stage, entry)
+            return entry
         with self._locked(stage, digest):
-            hit = self.get(stage, key)  # another process may have finished while we waited
-            if hit is not None:
-                logger.info("stage %s: cache hit %s (computed by a concurrent run)", stage, hit)
-                return hit
-            logger.info("stage %s: computing into %s", stage, self.entry_dir(stage, digest))
-            with self._write_locked(stage, key, extra) as tmp:
+            problem = verify_entry(entry, digest)  # another process may have finished while we waited
+            if problem is None:
+                logger.info("stage %s: cache hit %s (computed by a concurrent run)", stage, entry)
+                return entry
+            if problem != "missing":
+                self._move_aside(stage, digest, problem)
+            logger.info("stage %s: computing into %s", stage, entry)
+            # Private random state seeded from the key: the result does not depend on what ran
+            # before, and a miss leaves the caller's random streams exactly as a hit would.
+            with self._write_locked(stage, key, extra) as tmp, isolated_rng(seed_from(digest)):
                 compute_fn(tmp)
-        return self.entry_dir(stage, digest)
+        return entry
+
+
+@contextlib.contextmanager
+def _flocked(lock_path: Path, blocking: bool) -> Iterator[None]:
+    """Hold ``fcntl.flock`` on ``lock_path``; unlink the file before releasing it.
+
+    Unlinking keeps the cache free of lock files, and it is safe: a process that was waiting
+    on the old (now unlinked) file notices, once it gets the lock, that the path no longer names
+    its file, and retries on the current one.  ``blocking=False`` raises ``BlockingIOError``
+    when another process holds the lock.
+    """
+    flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, flags)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder before us unlinked this file: lock the new one instead
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)  # closing releases the lock
 
 
 def cache_root_for(config: Any) -> Path:

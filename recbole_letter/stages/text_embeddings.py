@@ -36,7 +36,7 @@ import pandas as pd
 
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.data.item_text import default_text_fields, item_file_for, read_item_table, texts_from_table
-from recbole_letter.stage_cache import directory_fingerprint, stage_cache_for, stage_key
+from recbole_letter.stages.stage_cache import directory_fingerprint, stage_cache_for, stage_key
 
 logger = logging.getLogger("recbole_letter")
 

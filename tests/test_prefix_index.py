@@ -1,0 +1,214 @@
+"""Prefix index: both layouts (dense tables, sparse CSR) describe the same trie and give identical beams."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recbole_letter.generation import prefix_index as prefix_index_module
+from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
+from recbole_letter.generation.prefix_index import PrefixIndex
+from recbole_letter.tokenization.semantic_ids import make_unique
+
+torch.set_num_threads(1)
+LAYOUTS = ("dense", "sparse")
+
+
+def unique_table(n_items: int, n_levels: int, n_codes: int, seed: int) -> np.ndarray:
+    """Random distinct code tuples for items 1..n_items, row 0 = padding (-1)."""
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(n_codes**n_levels, size=n_items, replace=False)
+    codes = np.stack([(flat // n_codes**p) % n_codes for p in reversed(range(n_levels))], axis=1)
+    return np.concatenate([np.full((1, n_levels), -1), codes]).astype(np.int64)
+
+
+def colliding_then_resolved(n_items: int, n_levels: int, n_codes: int, seed: int) -> np.ndarray:
+    """A table whose raw tuples collide, made unique by ``make_unique`` (adds the extra level)."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, n_codes, size=(n_items, n_levels))
+    resolved, info = make_unique(raw)
+    assert info["extra_level_added"], "fixture must exercise the extra disambiguation level"
+    return np.concatenate([np.full((1, resolved.shape[1]), -1), resolved]).astype(np.int64)
+
+
+class MarkovStepper:
+    """Model-free stepper: next-token log-probs depend on the context row and the last token only.
+
+    A fixed random table keeps the test exact (no float noise from batched matmuls whose shapes
+    differ between layouts) while still giving every beam a different distribution.
+    """
+
+    def __init__(self, batch: int, vocab: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.log_softmax(3 * torch.randn(batch, vocab, vocab, generator=g), dim=-1)
+        self.rows = torch.arange(batch)[:, None]
+        self.last = torch.zeros(batch, 1, dtype=torch.long)
+
+    def start(self) -> torch.Tensor:
+        return self.table[self.rows, self.last]
+
+    def advance(self, parent: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        self.last = tokens
+        return self.table[self.rows, tokens]
+
+
+def offsets_for(index: PrefixIndex) -> list[int]:
+    return [2 + sum(index.level_sizes[:l]) for l in range(index.n_levels)]
+
+
+def oracle_scores(stepper: MarkovStepper, table: np.ndarray, offsets: list[int]) -> torch.Tensor:
+    """Exact sequence log-prob of every item under the Markov stepper; column 0 (padding) = -inf."""
+    tokens = torch.as_tensor(table[1:]) + torch.tensor(offsets)
+    prev = torch.cat([torch.zeros(len(tokens), 1, dtype=torch.long), tokens[:, :-1]], dim=1)
+    logp = stepper.table[:, prev, tokens].sum(-1)  # [B, n_items]
+    return torch.cat([torch.full((logp.shape[0], 1), float("-inf")), logp], dim=1)
+
+
+def search(table: np.ndarray, layout: str, beam: int, batch: int = 6, seed: int = 0):
+    index = PrefixIndex(table, layout=layout)
+    offsets = offsets_for(index)
+    stepper = MarkovStepper(batch, 2 + sum(index.level_sizes), seed)
+    items, scores = constrained_beam_search(stepper, index, offsets, beam)
+    return index, stepper, offsets, items, scores
+
+
+# ---------------------------------------------------------------- structure
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hand_table(layout):
+    table = np.array([[-1, -1], [0, 1], [0, 2], [1, 0]])
+    index = PrefixIndex(table, layout=layout)
+    assert index.layout == layout and index.level_sizes == [2, 3] and index.n_prefixes == [1, 2]
+    # Level 0: the empty prefix allows codes 0 and 1, leading to prefixes 0 and 1.
+    slots = torch.arange(index.width(0))
+    code, child = index.follow(0, torch.zeros_like(slots), slots)
+    assert sorted(zip(code[child >= 0].tolist(), child[child >= 0].tolist())) == [(0, 0), (1, 1)]
+    # Level 1: prefix (0,) allows codes 1, 2 -> items 1, 2; prefix (1,) allows code 0 -> item 3.
+    allowed = {}
+    for prefix in (0, 1):
+        slots = torch.arange(index.width(1))
+        code, child = index.follow(1, torch.full_like(slots, prefix), slots)
+        allowed[prefix] = sorted(zip(code[child >= 0].tolist(), child[child >= 0].tolist()))
+    assert allowed == {0: [(1, 1), (2, 2)], 1: [(0, 3)]}
+    logp = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]).log()
+    cand = index.candidates(1, torch.tensor([0, 1]), logp)
+    assert sorted(cand[0][torch.isfinite(cand[0])].tolist()) == pytest.approx(sorted(logp[0, 1:].tolist()))
+    assert cand[1][torch.isfinite(cand[1])].tolist() == pytest.approx([logp[1, 0].item()])
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        (np.array([[-1, -1], [0, 1], [0, 1]]), "duplicate"),
+        (np.array([[-1, -1], [0, -1], [1, 1]]), "mix negative"),
+        (np.array([[-1, -1]]), "no item rows"),
+        (np.array([-1, 0, 1]), "2-D"),
+    ],
+)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rejects_bad_tables(table, message, layout):
+    with pytest.raises(ValueError, match=message):
+        PrefixIndex(table, layout=layout)
+
+
+def test_rejects_unknown_layout():
+    with pytest.raises(ValueError, match="prefix_index must be one of auto, dense, sparse"):
+        PrefixIndex(np.array([[-1], [0]]), layout="csr")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_items=st.integers(1, 60),
+    n_levels=st.integers(1, 4),
+    n_codes=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+    layout=st.sampled_from(LAYOUTS),
+)
+def test_walks_reach_exactly_the_items(n_items, n_levels, n_codes, seed, layout):
+    """Following every item's codes slot by slot reaches that item; the edge count is the trie's."""
+    n_items = min(n_items, n_codes**n_levels)
+    table = unique_table(n_items, n_levels, n_codes, seed)
+    index = PrefixIndex(table, layout=layout)
+    prefix = torch.zeros(n_items, dtype=torch.long)
+    codes = torch.as_tensor(table[1:])
+    for level in range(n_levels):
+        slots = torch.arange(index.width(level))
+        slot_code, slot_child = index.follow(level, prefix[:, None].expand(-1, len(slots)), slots.expand(n_items, -1))
+        hit = (slot_code == codes[:, level, None]) & (slot_child >= 0)
+        assert (hit.sum(1) == 1).all()  # each item's next code is allowed exactly once
+        prefix = slot_child[hit]
+        everything = index.follow(level, torch.arange(index.n_prefixes[level])[:, None], slots)[1]
+        assert int((everything >= 0).sum()) == len({tuple(r) for r in table[1:, : level + 1].tolist()})
+    assert prefix.tolist() == list(range(1, n_items + 1))
+
+
+# ---------------------------------------------------------------- same beams in both layouts
+@pytest.mark.parametrize(
+    "make_table",
+    [
+        lambda: unique_table(3000, n_levels=4, n_codes=8, seed=1),  # unique as quantised
+        lambda: colliding_then_resolved(3000, n_levels=3, n_codes=8, seed=2),  # extra level from make_unique
+        lambda: unique_table(500, n_levels=2, n_codes=64, seed=3),  # sparse rows, wide levels
+    ],
+    ids=["unique", "collisions_resolved", "wide"],
+)
+@pytest.mark.parametrize("beam", [1, 7, 20])
+def test_layouts_give_identical_beams(make_table, beam):
+    table = make_table()
+    dense = search(table, "dense", beam)
+    sparse = search(table, "sparse", beam)
+    assert torch.equal(dense[3], sparse[3])  # same items, same order
+    assert torch.equal(dense[4], sparse[4])  # bitwise the same scores
+    assert dense[3].shape == (6, beam) and (dense[3] >= 1).all()
+    oracle = oracle_scores(dense[1], table, dense[2])
+    assert torch.equal(dense[4], oracle.gather(1, dense[3]))  # scores are the items' true log-probs
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_exhaustive_beam_is_the_oracle(layout):
+    """beam >= catalogue: every item is found, ranked exactly as the oracle, in either layout."""
+    table = colliding_then_resolved(40, n_levels=2, n_codes=5, seed=4)
+    n = table.shape[0] - 1
+    _, stepper, offsets, items, scores = search(table, layout, beam=n + 3)
+    top = oracle_scores(stepper, table, offsets).topk(n)
+    assert torch.equal(items[:, :n], top.indices) and torch.equal(scores[:, :n], top.values)
+    assert (items[:, n:] == -1).all() and torch.isneginf(scores[:, n:]).all()
+
+
+# ---------------------------------------------------------------- memory and the automatic choice
+def test_sparse_memory_grows_with_items_not_codes():
+    """Sparse bytes per item stay flat as the catalogue grows 10x; dense bytes per item grow."""
+    small = unique_table(2_000, n_levels=3, n_codes=256, seed=5)
+    large = unique_table(20_000, n_levels=3, n_codes=256, seed=6)
+    per_item = {
+        layout: [PrefixIndex(t, layout=layout).nbytes() / (t.shape[0] - 1) for t in (small, large)]
+        for layout in LAYOUTS
+    }
+    # CSR: 8 bytes per edge and per prefix, <= 2 * levels + 1 words per item.
+    assert all(b <= 8 * (2 * 3 + 1) for b in per_item["sparse"])
+    assert per_item["sparse"][1] <= 1.1 * per_item["sparse"][0]
+    assert per_item["dense"][1] > 50 * per_item["sparse"][1]
+
+
+def test_auto_keeps_dense_only_where_it_is_small_and_cheaper(monkeypatch):
+    full = unique_table(16**3, n_levels=3, n_codes=16, seed=7)  # every prefix has all 16 children
+    assert PrefixIndex(full).layout == "dense"
+    # Typical semantic IDs: deep prefixes have a few children, so sparse steps score far fewer slots.
+    assert PrefixIndex(unique_table(1682, n_levels=4, n_codes=256, seed=8)).layout == "sparse"
+    # Memory bound: a full trie too goes sparse once its dense tables exceed the limit.
+    dense_bytes = PrefixIndex(full, layout="dense").nbytes()
+    monkeypatch.setattr(prefix_index_module, "AUTO_DENSE_MAX_BYTES", dense_bytes - 1)
+    assert PrefixIndex(full).layout == "sparse"
+
+
+def test_scatter_scores_fills_a_slice_in_place():
+    items = torch.tensor([[2, -1], [1, 3]])
+    scores = torch.tensor([[-0.5, float("-inf")], [-1.0, -2.0]])
+    out = torch.zeros(3, 4)
+    scatter_scores(items, scores, 4, out=out[1:])
+    assert torch.equal(out[0], torch.zeros(4))
+    expected = torch.tensor([[-np.inf, -np.inf, -0.5, -np.inf], [-np.inf, -1.0, -np.inf, -2.0]])
+    assert torch.equal(out[1:], expected)
+    with pytest.raises(ValueError, match="expected"):
+        scatter_scores(items, scores, 5, out=out[1:])
