@@ -275,23 +275,26 @@ def _load_or_fit(config: Any, dataset: Any, method: str | None) -> ItemTokenizer
     return _load_entry(entry)
 
 
-def chance_agreement(first_level: np.ndarray) -> float:
-    """Probability that two distinct random items share a first-level code:
-    ``sum_c n_c (n_c - 1) / (n (n - 1))``. The CF-neighbour agreement a tokenizer gets for free
-    from its code-usage skew alone (all items on one code: 1.0)."""
-    counts = np.bincount(np.asarray(first_level, dtype=np.int64)).astype(np.float64)
-    n = counts.sum()
-    return float((counts * (counts - 1)).sum() / (n * (n - 1))) if n > 1 else float("nan")
+def report_codebook_sizes(tok: ItemTokenizer, config: Any) -> list[int]:
+    """Codes per level K that the report's utilisation and Gini count over.
+
+    A fitted tokenizer knows its codebooks. An imported index only shows the codes it uses, so
+    each level counts ``max(codebook_size from the config, largest code + 1)``: the LETTER
+    authors' indices use 256 codes per level, and a level that used only 150 of them must be
+    reported as 150/256, not 150/150. (The ID table itself keeps the used range as vocabulary.)
+    """
+    if tok.model is not None or not isinstance(config["codebook_size"], int):
+        return list(tok.codebook_sizes)
+    return [max(int(size), int(config["codebook_size"])) for size in tok.codebook_sizes]
 
 
 def build_report(tok: ItemTokenizer, config: Any, dataset: Any) -> dict[str, float]:
-    """Quality report; CF-neighbour agreement uses the CF embeddings even for RQVAE, so that
-    LETTER and RQVAE are measured against the same neighbours.
+    """:func:`~recbole_letter.tokenization.report.tokenizer_report` of the dataset's items.
 
-    Besides :func:`~.report.tokenizer_report`'s keys, ``cf_agreement_lift`` is the agreement
-    divided by :func:`chance_agreement`: raw agreement rises when codes collapse (one code for
-    everything scores 1.0), the lift only when CF neighbours share codes more than random items
-    do. LETTER's collaborative claim is about the lift, and a collapsed tokenizer cannot fake it.
+    CF-neighbour agreement uses the dataset's CF embeddings even for RQVAE and for imported
+    indices, so every tokenizer is measured against the same neighbours; ``cf_agreement_lift``
+    (agreement over chance) is the number to compare, since raw agreement rises when codes
+    collapse (one code for everything scores 1.0) and the lift does not.
     """
     from recbole_letter.stages.cf_embeddings import item_cf_embeddings
 
@@ -299,10 +302,7 @@ def build_report(tok: ItemTokenizer, config: Any, dataset: Any) -> dict[str, flo
     table = tok.table_for(dataset)[1:]
     row = {t: i for i, t in enumerate(tok.tokens)}
     raw = tok.raw_codes[[row[t] for t in item_tokens(dataset)]]
-    report = tokenizer_report(raw, table, cf, tok.codebook_sizes)
-    chance = chance_agreement(table[:, 0])
-    report["cf_agreement_chance"] = chance
-    report["cf_agreement_lift"] = report["cf_neighbour_agreement"] / chance if chance > 0 else float("nan")
+    report = tokenizer_report(raw, table, cf, report_codebook_sizes(tok, config))
     tok.report = report
     return report
 

@@ -340,11 +340,11 @@ def index_report(
     ``item_tokens`` restricts (and orders) the items; default: every item of the index, in file
     order. Published indices are not collision-free, so their codes are the "before" table and
     the "after" table is the same codes plus the extra disambiguation level the semantic-ID
-    stage would add. ``codebook_sizes`` (one per level, default ``LETTER.yaml``'s
-    ``codebook_size`` for every level) is the K that Gini and utilisation count over; an index
-    with a larger code than K - 1 is an error rather than a silently different K.
-    ``cf_embeddings`` are rows aligned with the items (see
-    :func:`~recbole_letter.data.item_matrix.load_item_matrix` for files).
+    stage would add. ``codebook_sizes`` (one, or one per level) is the K that utilisation and
+    Gini count over; a code >= K is an error. ``None`` counts, per level,
+    ``max(LETTER.yaml's codebook_size, largest code + 1)`` -- the same K the
+    ``--model=LETTER --item_tokenizer=<index.json>`` run reports. ``cf_embeddings`` are rows
+    aligned with the items (see :func:`~recbole_letter.data.item_matrix.load_item_matrix`).
     """
     import json
 
@@ -355,23 +355,57 @@ def index_report(
             item_tokens = list(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, TypeError):
             item_tokens = []  # let load_index_json raise its precise error
-    codes, info = load_index_json(path, list(item_tokens))
-    if codebook_sizes is None:
-        codebook_sizes = [default_codebook_size()] * codes.shape[1]
-    sizes = [int(s) for s in codebook_sizes]
-    if len(sizes) == 1 and codes.shape[1] > 1:
-        sizes = sizes * codes.shape[1]
-    if len(sizes) != codes.shape[1]:
-        raise ValueError(f"{path} has {codes.shape[1]} levels but {len(sizes)} codebook sizes were given; give one or one per level")
+    codes, _ = load_index_json(path, list(item_tokens))
     top = codes.max(axis=0) + 1
-    if (top > np.asarray(sizes)).any():
-        lvl = int(np.flatnonzero(top > np.asarray(sizes))[0])
-        raise ValueError(
-            f"{path}: level {lvl + 1} uses code {int(top[lvl]) - 1} but the codebook size is {sizes[lvl]}; "
-            f"pass --codebook_size {int(top.max())} (or one size per level)"
-        )
+    if codebook_sizes is None:
+        sizes = np.maximum(top, default_codebook_size()).tolist()
+    else:
+        sizes = [int(s) for s in codebook_sizes]
+        if len(sizes) == 1:
+            sizes = sizes * codes.shape[1]
+        if len(sizes) != codes.shape[1]:
+            raise ValueError(
+                f"{path} has {codes.shape[1]} levels but {len(sizes)} codebook sizes were given; give one or one per level"
+            )
+        if (top > np.asarray(sizes)).any():
+            lvl = int(np.flatnonzero(top > np.asarray(sizes))[0])
+            raise ValueError(
+                f"{path}: level {lvl + 1} uses code {int(top[lvl]) - 1} but the codebook size given is {sizes[lvl]}; "
+                f"pass --codebook_size {int(top.max())} (or one size per level)"
+            )
     unique, _ = make_unique(codes, None, sizes)
     return tokenizer_report(codes, unique, cf_embeddings, sizes, k_neighbours)
+
+
+def _dataset_report(args: argparse.Namespace) -> dict[str, float]:
+    """The report a ``--model=LETTER --item_tokenizer=<index>`` run prints: the dataset's items
+    only, CF agreement against the dataset's (cached) CF embeddings.
+
+    The one place this module reaches the stages (same layer): imported here, so the library
+    functions above stay free of RecBole.
+    """
+    from recbole.data import create_dataset
+    from recbole.model.general_recommender import Pop
+
+    from recbole_letter.config import build_config, model_config_files
+
+    params: dict[str, Any] = {"item_tokenizer": str(args.index)}
+    if args.data_path:
+        params["data_path"] = args.data_path
+    if args.codebook_size:
+        if len(args.codebook_size) != 1:
+            raise SystemExit("--codebook_size with --dataset takes one value (LETTER.yaml's codebook_size)")
+        params["codebook_size"] = args.codebook_size[0]
+    files = args.config_files.split() if args.config_files else None
+    # The stages read only config keys: LETTER.yaml's on top of the protocol. RecBole's Config
+    # wants a model class, and the LETTER class sits above this layer, so Pop (the same
+    # general-recommender type, no keys of its own that the stages read) carries the config.
+    config = build_config(Pop, args.dataset, config_files=files, config_dict=params,
+                          model_files=model_config_files(Pop, "LETTER"))
+    from recbole_letter.stages.item_tokenizer import build_report, load_or_fit_tokenizer
+
+    dataset = create_dataset(config)
+    return build_report(load_or_fit_tokenizer(config, dataset, str(args.index)), config, dataset)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
