@@ -35,8 +35,8 @@ from recbole.data.interaction import cat_interactions  # noqa: E402
 
 from recbole_letter.atomic import write_json_atomic  # noqa: E402
 from recbole_letter.generation.beam_search import scatter_scores  # noqa: E402
-from recbole_letter.model import tiger as tiger_module  # noqa: E402
 from recbole_letter.model.tiger import TIGER  # noqa: E402
+from recbole_letter.tokenization.semantic_ids import SemanticIDTable  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -71,8 +71,8 @@ def random_table(n_rows: int, levels: int, codes: int, seed: int) -> np.ndarray:
 def build_synthetic(args: argparse.Namespace, workdir: Path, **config_overrides):
     """Synthetic ml-100k-sized log -> RecBole data -> TIGER with a random 4x256 semantic-ID table.
 
-    The semantic-ID stage is replaced by a fixed random table: decoding and training speed do
-    not depend on how the codes were learnt, only on their shape.
+    TIGER gets a fixed random semantic-ID table instead of the tokenizer stage's: decoding and
+    training speed do not depend on how the codes were learnt, only on their shape.
     """
     rng = np.random.default_rng(args.seed)
     folder = workdir / DATASET
@@ -84,10 +84,6 @@ def build_synthetic(args: argparse.Namespace, workdir: Path, **config_overrides)
         lines += [f"u{user}\ti{item}\t{t}" for t, item in enumerate(items)]
     (folder / f"{DATASET}.inter").write_text("\n".join(lines) + "\n")
 
-    table_seed = args.seed
-    tiger_module.semantic_ids_for = lambda config, dataset: random_table(
-        dataset.item_num, args.levels, args.codes, table_seed
-    )
     config = Config(
         model=TIGER,
         dataset=DATASET,
@@ -109,6 +105,9 @@ def build_synthetic(args: argparse.Namespace, workdir: Path, **config_overrides)
     )
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    # What the runner's stage resolution hands TIGER, here a fixed random table of the same shape.
+    table = random_table(train_data._dataset.item_num, args.levels, args.codes, args.seed)
+    config["semantic_id_table"] = SemanticIDTable.from_padded(table)
     model = TIGER(config, train_data._dataset)
     return config, model, train_data, test_data
 

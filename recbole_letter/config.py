@@ -137,3 +137,30 @@ def build_config(
 
         torch.set_num_threads(int(threads))
     return config
+
+
+def defining_yaml(key: str, model_class: type | None = None) -> str | None:
+    """Which of this package's YAMLs gives ``key`` its default (the model's own files first)."""
+    import yaml
+
+    files = [*(model_config_files(model_class) if model_class is not None else ()), PROPERTIES_DIR / "overall.yaml"]
+    for file in files:
+        with open(file, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if isinstance(data, dict) and key in data:
+            return f"properties/{file.relative_to(PROPERTIES_DIR).as_posix()}"
+    return None
+
+
+def require(config: Any, key: str, model_class: type | None = None) -> Any:
+    """``config[key]``, failing loudly where RecBole would return None for a key nobody set.
+
+    Defaults live only in ``properties/*.yaml``; the error names the file that defines ``key`` so
+    a caller who built a Config by hand knows what to load.
+    """
+    value = config[key]
+    if value is None:
+        where = defining_yaml(key, model_class)
+        fix = f"load {where} (the runner does) or set it explicitly" if where else "set it explicitly"
+        raise ValueError(f"config key {key!r} is missing; {fix}")
+    return value

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from recbole_letter.atomic import write_json_atomic
 from recbole_letter.config import build_config as build_model_config
 from recbole_letter.registry import ModelSpec, resolve_model
+from recbole_letter.stages import resolve_stages
 from recbole_letter.tables import format_cell, markdown_table
 
 LOGGER = logging.getLogger("recbole_letter")
@@ -77,6 +78,8 @@ def run_recbole_letter(
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
+    resolve_stages(spec.model_class, config, train_data._dataset)
     net = spec.model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = spec.trainer_class(config, net)

@@ -14,12 +14,14 @@ import pytest
 import torch
 from recbole.data import create_dataset
 
-from recbole_letter.stages import text_embeddings
+from recbole_letter import compat
+from recbole_letter.model.tiger import TIGER
 from recbole_letter.quick_start import build_config, run_recbole_letter
 from recbole_letter.stages import cf_embeddings as cf_module
 from recbole_letter.stages import item_tokenizer as stage_module
-from recbole_letter.tokenization.semantic_ids import load_index_json
+from recbole_letter.stages import resolve_stages, text_embeddings
 from recbole_letter.stages.item_tokenizer import load_or_fit_tokenizer, semantic_ids_for
+from recbole_letter.tokenization.semantic_ids import SemanticIDTable, load_index_json
 
 DATASET = "tiny"
 N_ITEMS = 30
@@ -128,6 +130,23 @@ def test_same_seed_same_ids_other_seed_other_ids(tiny, workdir):
     first = ids(3, "a")
     assert ids(3, "b") == first  # separate caches: CF embeddings and tokenizer both recomputed
     assert ids(4, "b") != first
+
+
+def test_tiger_run_receives_the_stage_table_and_its_checkpoint_carries_it(tiny):
+    """The runner resolves the tokenizer stage before building TIGER and hands the table over in
+    the config, which RecBole pickles into the checkpoint."""
+    tiny_t5 = {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 16, "num_heads": 2, "d_kv": 8,
+               "d_ff": 32, "epochs": 1, "train_batches_per_epoch": 2}
+    result = run_recbole_letter("TIGER", DATASET, config_dict={**tiny, **tiny_t5})
+    config, dataset = dataset_for({**tiny, **tiny_t5}, "TIGER")
+    expected = semantic_ids_for(config, dataset)  # cached by the run
+    checkpoint = compat.load_trusted_checkpoint(result["checkpoint"])
+    carried = checkpoint["config"]["semantic_id_table"]
+    assert isinstance(carried, SemanticIDTable) and np.array_equal(carried.table, expected)
+    assert torch.equal(checkpoint["state_dict"]["semantic_ids"], torch.as_tensor(expected))
+
+    resolve_stages(TIGER, config, dataset)
+    assert np.array_equal(config["semantic_id_table"].table, expected)
 
 
 def test_rqvae_run_reports_the_same_metrics(tiny):

@@ -1,7 +1,8 @@
 """TIGER as a RecBole model: construction checks, decoding exactness, RecBole metrics, learning.
 
-Every test builds a tiny atomic dataset under ``tmp_path`` and replaces the semantic-ID stage
-with a random unique code table (the real stage is tested with the tokenizer).
+Every test builds a tiny atomic dataset under ``tmp_path`` and hands TIGER a random unique code
+table as ``config["semantic_id_table"]``, as the runner does with the real stage's table (that
+stage is tested with the tokenizer).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.evaluator import Collector, Evaluator
 
 from recbole_letter.generation.trainer import GenerativeTrainer
-from recbole_letter.model import tiger as tiger_module
 from recbole_letter.model.tiger import TIGER
+from recbole_letter.tokenization.semantic_ids import SemanticIDTable
+from decoding import unique_table
 
 TIGER_YAML = Path(__file__).resolve().parents[1] / "properties" / "model" / "TIGER.yaml"
 DATASET = "succ"
@@ -33,14 +35,6 @@ SMALL = {
     "d_kv": 16,
     "d_ff": 128,
 }
-
-
-def random_table(n_rows: int, n_levels: int = 3, n_codes: int = 8, seed: int = 0) -> np.ndarray:
-    """Unique random code tuples for items 1..n_rows-1; row 0 (padding) all -1."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(n_codes**n_levels, size=n_rows - 1, replace=False)
-    codes = np.stack([(flat // n_codes**p) % n_codes for p in reversed(range(n_levels))], axis=1)
-    return np.concatenate([np.full((1, n_levels), -1), codes]).astype(np.int64)
 
 
 def write_successor_dataset(root: Path, n_items: int = 50, n_users: int = 200, seed: int = 0) -> Path:
@@ -65,14 +59,10 @@ def _isolated(tmp_path, monkeypatch):
     torch.set_num_threads(1)
 
 
-@pytest.fixture
-def fake_ids(monkeypatch):
-    """Replace the semantic-ID stage with a random unique table sized to the dataset."""
-
-    def fake(config, dataset):
-        return random_table(dataset.item_num, seed=int(config["seed"]))
-
-    monkeypatch.setattr(tiger_module, "semantic_ids_for", fake)
+def with_random_table(config: Config, dataset) -> Config:
+    """What the runner's stage resolution does, with a random unique table sized to the dataset."""
+    config["semantic_id_table"] = SemanticIDTable.from_padded(unique_table(dataset.item_num - 1, 3, 8, seed=int(config["seed"])))
+    return config
 
 
 def make_config(tmp_path: Path, **overrides) -> Config:
@@ -104,24 +94,26 @@ def build(tmp_path: Path, **overrides):
     config = make_config(tmp_path, **overrides)
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    with_random_table(config, train_data._dataset)
     model = TIGER(config, train_data._dataset).to(config["device"])
     return config, model, train_data, valid_data, test_data
 
 
-def test_beam_smaller_than_topk_is_refused(tmp_path, fake_ids):
+def test_beam_smaller_than_topk_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"beam_size=5 < max\(topk\)=10"):
         build(tmp_path, beam_size=5)
 
 
-def test_missing_key_names_the_key(tmp_path, fake_ids):
+def test_missing_key_names_the_key(tmp_path):
     config = make_config(tmp_path)
     dataset = create_dataset(config)
+    with_random_table(config, dataset)
     config["tau"] = None
-    with pytest.raises(ValueError, match="'tau' is missing"):
+    with pytest.raises(ValueError, match="'tau' is missing; load properties/model/TIGER.yaml"):
         TIGER(config, dataset)
 
 
-def test_encoder_input_is_history_codes(tmp_path, fake_ids):
+def test_encoder_input_is_history_codes(tmp_path):
     """History items expand to their code tokens in order, padding -> pad, user token first."""
     _, model, _, _, test_data = build(tmp_path, user_token_buckets=7)
     interaction = next(iter(test_data))[0]
@@ -149,7 +141,7 @@ def scores_by_teacher_forcing(model: TIGER, interaction) -> torch.Tensor:
     return torch.cat([torch.full((n_users, 1), float("-inf")), scores], dim=1)
 
 
-def test_exhaustive_beam_equals_teacher_forced_ranking(tmp_path, fake_ids):
+def test_exhaustive_beam_equals_teacher_forced_ranking(tmp_path):
     """beam_size = catalogue size makes beam search exact: same top-K, order and scores."""
     _, model, _, _, test_data = build(tmp_path, beam_size=60)  # 50 items
     model.eval()
@@ -163,7 +155,7 @@ def test_exhaustive_beam_equals_teacher_forced_ranking(tmp_path, fake_ids):
     torch.testing.assert_close(beam[:, 1:], oracle[:, 1:], rtol=1e-4, atol=1e-4)
 
 
-def test_beam_returns_only_real_items(tmp_path, fake_ids):
+def test_beam_returns_only_real_items(tmp_path):
     """Default-size beam: exactly beam_size distinct real items per user, -inf elsewhere."""
     _, model, _, _, test_data = build(tmp_path, beam_size=12, decode_batch_size=7)
     model.eval()
@@ -177,7 +169,7 @@ def test_beam_returns_only_real_items(tmp_path, fake_ids):
     torch.testing.assert_close(scores[finite], oracle[finite], rtol=1e-4, atol=1e-4)
 
 
-def test_recbole_evaluator_handles_inf_scores(tmp_path, fake_ids):
+def test_recbole_evaluator_handles_inf_scores(tmp_path):
     """Our -inf scores go through RecBole's Collector/Evaluator as a hand computation says."""
     config = make_config(tmp_path)
     dataset = create_dataset(config)
@@ -199,7 +191,7 @@ def test_recbole_evaluator_handles_inf_scores(tmp_path, fake_ids):
         assert result[f"ndcg@{k}"] == pytest.approx(ndcg, abs=1e-4)
 
 
-def test_learns_deterministic_successor(tmp_path, fake_ids):
+def test_learns_deterministic_successor(tmp_path):
     """Item i is always followed by i+1: TIGER must reach Recall@1 >= 0.95 through RecBole."""
     config, model, train_data, valid_data, test_data = build(
         tmp_path, epochs=20, eval_step=10, stopping_step=100, learning_rate=0.003, dropout_rate=0.0,
@@ -224,7 +216,7 @@ class _Batches(list):
     shuffle = False
 
 
-def test_gradient_accumulation_equals_double_batch(tmp_path, fake_ids):
+def test_gradient_accumulation_equals_double_batch(tmp_path):
     """Two accumulated half batches give the update of one full batch (SGD, no dropout)."""
     config, model, train_data, _, _ = build(tmp_path, dropout_rate=0.0, learner="sgd", learning_rate=0.5)
     batch = next(iter(train_data))[:64]
@@ -241,7 +233,7 @@ def test_gradient_accumulation_equals_double_batch(tmp_path, fake_ids):
     assert moved > 1e-4  # two separate updates differ: the check above is not vacuous
 
 
-def test_checkpoint_from_other_semantic_ids_is_refused(tmp_path, fake_ids):
+def test_checkpoint_from_other_semantic_ids_is_refused(tmp_path):
     _, model, _, _, _ = build(tmp_path)
     state = model.state_dict()
     state["semantic_ids"] = state["semantic_ids"].flip(0)
@@ -249,7 +241,7 @@ def test_checkpoint_from_other_semantic_ids_is_refused(tmp_path, fake_ids):
         model.load_state_dict(state)
 
 
-def test_trainer_steps_schedule_per_optimizer_update(tmp_path, fake_ids):
+def test_trainer_steps_schedule_per_optimizer_update(tmp_path):
     """4 batches with accumulation 2 = 2 updates; warm-up 4 -> lr = 3/4 of the peak afterwards."""
     config, model, train_data, _, _ = build(
         tmp_path, lr_scheduler="cosine", warmup_steps=4, gradient_accumulation_steps=2, epochs=3,
@@ -261,7 +253,7 @@ def test_trainer_steps_schedule_per_optimizer_update(tmp_path, fake_ids):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 3 / 4)
 
 
-def test_trainer_rejects_bad_schedule(tmp_path, fake_ids):
+def test_trainer_rejects_bad_schedule(tmp_path):
     config, model, _, _, _ = build(tmp_path, lr_scheduler="inverse_sqrt")
     with pytest.raises(ValueError, match="needs warmup_steps > 0"):
         GenerativeTrainer(config, model)

@@ -26,6 +26,7 @@ from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
 from recbole_letter.tokenization.kmeans import squared_distances
 from recbole_letter.tokenization.report import format_report, plot_code_usage, tokenizer_report
 from recbole_letter.tokenization.semantic_ids import (
+    SemanticIDTable,
     assign_new_items,
     count_collisions,
     export_index_json,
@@ -315,6 +316,12 @@ def semantic_ids_for(config: Any, dataset: Any) -> np.ndarray:
     codes in ``[0, table[:, l].max() + 1)``.
     """
     return load_or_fit_tokenizer(config, dataset).table_for(dataset)
+
+
+def semantic_id_table_for(config: Any, dataset: Any) -> SemanticIDTable:
+    """:func:`semantic_ids_for` as the :class:`SemanticIDTable` a generator receives in
+    ``config["semantic_id_table"]`` (level sizes = largest code + 1, what the table uses)."""
+    return SemanticIDTable.from_padded(semantic_ids_for(config, dataset))
 
 
 def publish(tok: ItemTokenizer, config: Any, method: str) -> dict[str, str]:

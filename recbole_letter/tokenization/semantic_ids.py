@@ -543,6 +543,13 @@ class SemanticIDTable:
     Generators index it directly with internal item ids, so a history tensor maps to codes with
     one gather. Level sizes fix each level's vocabulary; ``level_offsets`` place the levels side
     by side in one flat token vocabulary (level ``l`` code ``c`` -> ``level_offsets[l] + c``).
+    This class is the one owner of that layout: a generator whose code tokens start at vocabulary
+    id ``first`` (after its special tokens, or after an LLM's text vocabulary) asks
+    :meth:`token_offsets` / :meth:`item_token_table` instead of recomputing it.
+
+    The runner hands a table to a generator as ``config["semantic_id_table"]``; RecBole pickles
+    the config into every checkpoint, so the short :meth:`__repr__` keeps logs readable and the
+    checkpoint carries the IDs it was trained with.
     """
 
     def __init__(self, codes: np.ndarray, level_sizes: Sequence[int] | None = None) -> None:
@@ -572,6 +579,27 @@ class SemanticIDTable:
         self._table = table
         self._sizes = tuple(sizes)
 
+    @classmethod
+    def from_padded(cls, table: np.ndarray, level_sizes: Sequence[int] | None = None) -> "SemanticIDTable":
+        """Build from an internal-id-aligned ``[N + 1, L]`` table whose row 0 (padding) is all ``-1``."""
+        table = np.asarray(table)
+        if table.ndim != 2 or table.shape[0] < 1:
+            raise ValueError(
+                f"semantic-ID table has shape {table.shape}; expected [n_items + 1, n_levels] with row 0 = padding"
+            )
+        if (table[0] != -1).any():
+            raise ValueError("semantic-ID table row 0 (padding item) must be all -1; rebuild the table")
+        return cls(table[1:], level_sizes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"table": self._table, "sizes": self._sizes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        table = np.array(state["table"], dtype=np.int64)
+        table.setflags(write=False)  # unpickled arrays come back writable
+        self._table = table
+        self._sizes = tuple(int(s) for s in state["sizes"])
+
     @property
     def table(self) -> np.ndarray:
         """Read-only ``[N + 1, L]`` int64 table; row 0 (padding) is all ``-1``."""
@@ -596,6 +624,16 @@ class SemanticIDTable:
     def level_offsets(self) -> np.ndarray:
         """Start of each level in a flat vocabulary of all levels' codes, shape ``[L]``."""
         return np.r_[0, np.cumsum(self._sizes)[:-1]].astype(np.int64)
+
+    def token_offsets(self, first_token: int) -> list[int]:
+        """Vocabulary id of code 0 of each level when the code tokens start at ``first_token``."""
+        return [int(first_token) + int(o) for o in self.level_offsets]
+
+    def item_token_table(self, first_token: int, pad_token: int) -> np.ndarray:
+        """``[N + 1, L]`` vocabulary ids of every item's codes (row 0, padding, all ``pad_token``)."""
+        tokens = self._table + np.asarray(self.token_offsets(first_token), dtype=np.int64)
+        tokens[0] = pad_token
+        return tokens
 
     def code_token_strings(self) -> list[str]:
         """All code tokens in flat-vocabulary order: ``<a_0>.. <a_{s0-1}>, <b_0>, ...``.
