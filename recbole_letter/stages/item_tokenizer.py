@@ -51,7 +51,9 @@ CONFIG_KEYS: dict[str, str] = {
     "commitment_beta": "commitment_beta",
     "kmeans_init": "kmeans_init",
     "kmeans_iters": "kmeans_iters",
-    "sinkhorn_last_level": "sinkhorn_last_level",
+    "sinkhorn_levels": "sinkhorn_levels",
+    "id_sinkhorn_from_level": "id_sinkhorn_from_level",
+    "recon_scale": "recon_scale",
     "sinkhorn_epsilon": "sinkhorn_epsilon",
     "sinkhorn_iters": "sinkhorn_iters",
     "alpha": "alpha",
@@ -197,6 +199,7 @@ def _fit_arrays(
         "cf_dim": None if cf is None else int(cf.shape[1]),
         "fit_seconds": result.fit_seconds,
         "items_per_second": result.items_per_second,
+        "explained_variance": result.explained_variance,
         "resolution": info,
         "history": result.history,
     }
@@ -324,8 +327,19 @@ def semantic_id_table_for(config: Any, dataset: Any) -> SemanticIDTable:
     return SemanticIDTable.from_padded(semantic_ids_for(config, dataset))
 
 
+def tokenizer_source(config: Any, method: str) -> str:
+    """What a tokenizer model (``LETTER`` / ``RQVAE``) reports on: its own fit, or -- when
+    ``item_tokenizer`` names an index.json -- that index, so ``--model=LETTER
+    --item_tokenizer=<index.json>`` prints the published index's report next to ours."""
+    value = _method(config)
+    return method if value in METHODS else value
+
+
 def publish(tok: ItemTokenizer, config: Any, method: str) -> dict[str, str]:
-    """Copy the index JSON and a code-usage plot next to the checkpoints, where users look."""
+    """Copy the index JSON and a code-usage plot next to the checkpoints, where users look.
+
+    ``method`` names the files (``<dataset>.<method>.index.json``); an imported index is
+    published as ``imported``."""
     out_dir = Path(config["checkpoint_dir"] or "saved")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{config['dataset']}.{method}"
@@ -334,6 +348,7 @@ def publish(tok: ItemTokenizer, config: Any, method: str) -> dict[str, str]:
         shutil.copyfile(tok.entry / "index.json", index_path)
     else:
         export_index_json(tok.codes, tok.tokens, index_path)
-    plot_path = plot_code_usage(tok.codes[:, : len(tok.codebook_sizes)], tok.codebook_sizes, out_dir / f"{stem}.code_usage.png")
-    LOGGER.info("tokenizer report:\n%s", format_report(tok.report))
+    sizes = report_codebook_sizes(tok, config)
+    plot_path = plot_code_usage(tok.codes[:, : len(sizes)], sizes, out_dir / f"{stem}.code_usage.png")
+    LOGGER.info("%s", format_report(tok.report, title=f"Tokenizer report: {method} on {config['dataset']}"))
     return {"index": str(index_path), "plot": str(plot_path)}
