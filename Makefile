@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# one torch thread on shared CPUs: 2 threads under contention run 2-5x slower (RECBOLE_NOTES.md)
+# one torch thread on shared CPUs: 2 threads under contention run 2-5x slower (measured on 2 shared cores)
 THREADS ?= 1
 DEMO_MODELS ?= SASRec,TIGER
 

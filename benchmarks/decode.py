@@ -11,6 +11,7 @@ Prints a markdown table and writes ``benchmarks/results/decode.json``.
 
     python benchmarks/decode.py                  # ~2-4 min on one CPU thread
     python benchmarks/decode.py --decode-users 64 --train-steps 0   # quick look
+    python benchmarks/decode.py --model LCRec    # SmolLM2 + LoRA (benchmarks/decode_lcrec.py)
 """
 from __future__ import annotations
 
@@ -19,97 +20,17 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import recbole_letter  # noqa: F401  (RecBole shims first)
+from common import RESULTS, build_synthetic, clock, synthetic_args, write_result
+from recbole.data.interaction import cat_interactions
 
-import recbole_letter  # noqa: E402,F401  (RecBole shims first)
-from recbole.config import Config  # noqa: E402
-from recbole.data import create_dataset, data_preparation  # noqa: E402
-from recbole.data.interaction import cat_interactions  # noqa: E402
-
-from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.generation.beam_search import scatter_scores  # noqa: E402
-from recbole_letter.model.tiger import TIGER  # noqa: E402
-from recbole_letter.tokenization.semantic_ids import SemanticIDTable  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
-
-
-def clock() -> float:
-    """CPU seconds of this process: the 2-core machine is shared, so wall time measures the
-    neighbours as much as the code. With one torch thread this is the time on a dedicated core."""
-    return time.process_time()
-DATASET = "synth100k"
-
-
-def synthetic_args(parser: argparse.ArgumentParser) -> None:
-    """Data / model-size flags shared with ``train_speed.py``."""
-    parser.add_argument("--items", type=int, default=1682, help="catalogue size (ml-100k: 1682)")
-    parser.add_argument("--users", type=int, default=943, help="users in the synthetic log (ml-100k: 943)")
-    parser.add_argument("--levels", type=int, default=4, help="semantic-ID levels")
-    parser.add_argument("--codes", type=int, default=256, help="codes per level")
-    parser.add_argument("--history", type=int, default=20, help="MAX_ITEM_LIST_LENGTH")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 where the CPU is shared)")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def random_table(n_rows: int, levels: int, codes: int, seed: int) -> np.ndarray:
-    """Distinct uniformly random code tuples for items 1..n_rows-1; row 0 (padding) = -1."""
-    rng = np.random.default_rng(seed)
-    rows: set[tuple[int, ...]] = set()
-    while len(rows) < n_rows - 1:
-        rows.add(tuple(rng.integers(0, codes, levels).tolist()))
-    return np.concatenate([np.full((1, levels), -1), np.array(sorted(rows))]).astype(np.int64)
-
-
-def build_synthetic(args: argparse.Namespace, workdir: Path, **config_overrides):
-    """Synthetic ml-100k-sized log -> RecBole data -> TIGER with a random 4x256 semantic-ID table.
-
-    TIGER gets a fixed random semantic-ID table instead of the tokenizer stage's: decoding and
-    training speed do not depend on how the codes were learnt, only on their shape.
-    """
-    rng = np.random.default_rng(args.seed)
-    folder = workdir / DATASET
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for user in range(args.users):
-        length = int(rng.integers(args.history + 2, 5 * args.history))
-        items = rng.choice(args.items, size=length, replace=length > args.items)
-        lines += [f"u{user}\ti{item}\t{t}" for t, item in enumerate(items)]
-    (folder / f"{DATASET}.inter").write_text("\n".join(lines) + "\n")
-
-    config = Config(
-        model=TIGER,
-        dataset=DATASET,
-        config_file_list=[str(REPO / "properties" / "model" / "TIGER.yaml")],
-        config_dict={
-            "data_path": str(workdir),
-            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-            "MAX_ITEM_LIST_LENGTH": args.history,
-            "topk": [10],
-            "metrics": ["Recall"],
-            "valid_metric": "Recall@10",
-            "repeatable": True,
-            "seed": args.seed,
-            "state": "ERROR",
-            "use_gpu": False,
-            **config_overrides,
-        },
-    )
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    # What the runner's stage resolution hands TIGER, here a fixed random table of the same shape.
-    table = random_table(train_data._dataset.item_num, args.levels, args.codes, args.seed)
-    config["semantic_id_table"] = SemanticIDTable.from_padded(table)
-    model = TIGER(config, train_data._dataset)
-    return config, model, train_data, test_data
+from recbole_letter.generation.beam_search import scatter_scores
+from recbole_letter.model.tiger import TIGER
 
 
 def train_briefly(model: TIGER, train_data, steps: int, lr: float = 3e-3) -> float:
@@ -200,7 +121,15 @@ def overlap(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
 
 
 def main() -> None:
+    model_flag = argparse.ArgumentParser(add_help=False)
+    model_flag.add_argument("--model", default="TIGER", choices=["TIGER", "LCRec"])
+    known, rest = model_flag.parse_known_args()
+    if known.model == "LCRec":  # SmolLM2 + LoRA: its own script (different weights, sizes, budget)
+        from decode_lcrec import main as decode_lcrec
+
+        return decode_lcrec(rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="TIGER", choices=["TIGER", "LCRec"], help="LCRec: see decode_lcrec.py")
     synthetic_args(parser)
     parser.add_argument("--decode-users", type=int, default=256, help="users decoded per method")
     parser.add_argument("--batch", type=int, default=32, help="users per decoding batch (both methods)")
@@ -276,7 +205,6 @@ def main() -> None:
         share = ["-" if v is None else f"{100 * v:.1f}%" for v in (r["top10_overlap_with_hf"], r["identical_top10_order"])]
         print(f"| {r['method']} | {r['batch_users']} | {r['users_per_s']:.1f} | {r['speedup_vs_hf']:.1f}x "
               f"| {share[0]} | {share[1]} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "setup": {
             **vars(args),
@@ -289,8 +217,7 @@ def main() -> None:
         },
         "results": rows,
     }
-    write_json_atomic(payload, RESULTS / "decode.json", default=None, trailing_newline=True)
-    print(f"\nwrote {RESULTS / 'decode.json'}")
+    write_result(RESULTS / "decode.json", payload)
 
 
 if __name__ == "__main__":

@@ -53,14 +53,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from common import RESULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PROPERTIES = ROOT / "recbole_letter" / "properties"
-RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 BASELINES = ("SASRec",)  # RecBole models: no train_batches_per_epoch, epochs from --baseline_epochs
 
-sys.path.insert(0, str(ROOT))
 LOGGER = logging.getLogger("recbole_letter.quality")
 
 
@@ -169,7 +169,7 @@ def _letter_label(tau: float) -> str:
 def code_digest() -> dict[str, str]:
     """Which tokenizer/generator code produced the numbers (files change while others work)."""
     out: dict[str, str] = {}
-    for sub in ("tokenization", "generation", "model"):
+    for sub in ("stages", "tokenization", "generation", "model"):
         digest = hashlib.sha256()
         for file in sorted((ROOT / "recbole_letter" / sub).glob("*.py")):
             digest.update(file.name.encode() + file.read_bytes())
@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import recbole_letter  # noqa: F401  (compat shims before RecBole loads)
     from recbole_letter.cli import parse_overrides
-    from recbole_letter.quick_start import run_recbole_letter, write_json_atomic
+    from recbole_letter.atomic import write_json_atomic
+    from recbole_letter.quick_start import run_recbole_letter
 
     args, extra = build_parser().parse_known_args(argv)
     overrides: dict[str, Any] = parse_overrides(extra)

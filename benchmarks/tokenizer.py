@@ -34,8 +34,6 @@ Prints a markdown table (mean, and +- std over seeds when several) and writes
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,30 +42,25 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import recbole_letter  # noqa: F401  (RecBole shims first)
+from common import RESULTS, machine_info, warm_up_tokenizer_fit, write_result
+from recbole.data import create_dataset
 
-import recbole_letter  # noqa: E402,F401  (RecBole shims first)
-from recbole.data import create_dataset  # noqa: E402
-
-from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.stages.text_embeddings import item_text_embeddings  # noqa: E402
-from recbole_letter.quick_start import build_config  # noqa: E402
-from recbole_letter.stages.cf_embeddings import item_cf_embeddings  # noqa: E402
-from recbole_letter.tokenization.semantic_ids import make_unique  # noqa: E402
-from recbole_letter.stages.item_tokenizer import (  # noqa: E402
+from recbole_letter.data.item_matrix import load_item_matrix
+from recbole_letter.quick_start import build_config
+from recbole_letter.stages.cf_embeddings import item_cf_embeddings
+from recbole_letter.stages.item_tokenizer import (
     ItemTokenizer,
+    build_report,
     item_tokens,
     normalise_cf_rows,
-    build_report,
     tokenizer_config_from,
 )
-from recbole_letter.tokenization.fit import fit_tokenizer  # noqa: E402
-from recbole_letter.tokenization.report import index_report  # noqa: E402
-from recbole_letter.data.item_matrix import load_item_matrix  # noqa: E402
-from tokenizer_speed import warm_up  # noqa: E402  (sibling script: same warm-up for both benchmarks)
+from recbole_letter.stages.text_embeddings import item_text_embeddings
+from recbole_letter.tokenization.fit import fit_tokenizer
+from recbole_letter.tokenization.report import index_report
+from recbole_letter.tokenization.semantic_ids import make_unique
 
-RESULTS = REPO / "benchmarks" / "results"
 # RecBole's LightGCN propagates the whole user-item graph for every batch: at its default batch of
 # 2048, an ml-1m epoch is 483 propagations = ~185 CPU-s (measured), i.e. hours for a usable number
 # of epochs on a shared CPU. 16x larger batches with a 10x learning rate train in ~12 CPU-s/epoch.
@@ -249,12 +242,13 @@ def main() -> None:
                         help="override a config key for both tokenizers (e.g. restart_dead_codes_every=0)")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. 'before')")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 where the CPU is shared)")
-    parser.add_argument("--cache_dir", type=Path, default=REPO / "saved", help="stage cache root (checkpoint_dir)")
-    parser.add_argument("--shared_data", type=Path, default=REPO.parent / "shared" / "data",
+    repo = Path(__file__).resolve().parents[1]
+    parser.add_argument("--cache_dir", type=Path, default=repo / "saved", help="stage cache root (checkpoint_dir)")
+    parser.add_argument("--shared_data", type=Path, default=repo.parent / "shared" / "data",
                         help="folder with the LETTER authors' published indices (Instruments/, Yelp/); missing = no columns")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    warm_up()
+    warm_up_tokenizer_fit()
     overrides = parse_set(args.set)
 
     cf_config = yaml.safe_load(args.cf_config) or None
@@ -279,7 +273,6 @@ def main() -> None:
              f"seeds {args.seeds}" + (f", overrides {overrides}" if overrides else ""))
     print("\n" + title + "\n\n" + table + "\n\n" + "\n".join(lines))
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"tokenizer_{args.dataset}{'_' + args.tag if args.tag else ''}.json"
     payload = {
         "dataset": args.dataset,
@@ -297,10 +290,9 @@ def main() -> None:
         "runs": runs,
         "published": published,
         "verdict": lines,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+        "machine": machine_info(),
     }
-    write_json_atomic(payload, out, default=list, trailing_newline=True)
-    print(f"\nwrote {out}")
+    write_result(out, payload, default=list)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,14 @@ Prints a markdown table and writes ``benchmarks/results/tokenizer_speed.json``.
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import RESULTS, machine_info, warm_up_tokenizer_fit, write_result
 
-from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.tokenization.fit import TokenizerConfig, fit_tokenizer  # noqa: E402
+from recbole_letter.tokenization.fit import TokenizerConfig, fit_tokenizer
 
-RESULTS = REPO / "benchmarks" / "results"
 # Encoder MLP per input size: the package default for MiniLM, the paper's for LLaMA-7B.
 HIDDEN = {384: (256, 128, 64), 4096: (2048, 1024, 512, 256, 128, 64)}
 METHODS = {"RQVAE": {"alpha": 0.0, "beta": 0.0}, "LETTER": {}}  # LETTER: TokenizerConfig defaults
@@ -47,15 +41,6 @@ def hidden_for(dim: int) -> tuple[int, ...]:
         dims.append(h)
         h //= 2
     return tuple(dims)
-
-
-def warm_up() -> None:
-    """One tiny fit first: the first AdamW of a process imports torch._dynamo (~7 s measured),
-    which would otherwise be billed to whichever tokenizer is timed first."""
-    rng = np.random.default_rng(0)
-    x, cf = rng.standard_normal((64, 8), dtype=np.float32), rng.standard_normal((64, 4), dtype=np.float32)
-    fit_tokenizer(x, cf, TokenizerConfig(hidden_dims=(8,), code_dim=4, num_levels=2, codebook_size=8,
-                                         n_div_clusters=2, epochs=1, kmeans_iters=2), progress=False)
 
 
 def measure(n: int, dim: int, cf_dim: int, method: str, epochs: int, seed: int) -> dict:
@@ -93,7 +78,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    warm_up()
+    warm_up_tokenizer_fit()
 
     rows = []
     for dim in args.dims:
@@ -113,15 +98,13 @@ def main() -> None:
     ]
     print(f"\n## Tokenizer training speed ({args.threads} torch thread(s), median of {args.epochs} epochs)\n")
     print("\n".join(lines))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "tokenizer_speed.json"
     payload = {
         "threads": args.threads,
         "rows": rows,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+        "machine": machine_info(),
     }
-    write_json_atomic(payload, out, default=None, trailing_newline=True)
-    print(f"\nwrote {out}")
+    write_result(out, payload)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import RESULTS, build_synthetic, clock, synthetic_args  # noqa: E402
+from common import RESULTS, build_synthetic, clock, synthetic_args, write_result
 
-from recbole_letter.atomic import write_json_atomic  # noqa: E402
-from recbole_letter.model.tiger import EOS_TOKEN, TIGER  # noqa: E402
+from recbole_letter.model.tiger import EOS_TOKEN, TIGER
 
 TEXT_VOCAB = 32128  # t5-small's vocabulary size
 
@@ -117,7 +115,6 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['vocab']} | {r['parameters'] / 1e6:.2f}M | {r['samples_per_s']:.1f} | {r['speedup']:.2f}x |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "setup": {
             **vars(args),
@@ -127,8 +124,7 @@ def main() -> None:
         },
         "results": rows,
     }
-    write_json_atomic(payload, RESULTS / "train_speed.json", default=None, trailing_newline=True)
-    print(f"\nwrote {RESULTS / 'train_speed.json'}")
+    write_result(RESULTS / "train_speed.json", payload)
 
 
 if __name__ == "__main__":

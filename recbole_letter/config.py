@@ -144,6 +144,7 @@ def defining_yaml(key: str, model_class: type | None = None) -> str | None:
     import yaml
 
     files = [*(model_config_files(model_class) if model_class is not None else ()), PROPERTIES_DIR / "overall.yaml"]
+    files += sorted((PROPERTIES_DIR / "model").glob("*.yaml"))  # stage keys (LETTER.yaml) serve several models
     for file in files:
         with open(file, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
@@ -152,14 +153,16 @@ def defining_yaml(key: str, model_class: type | None = None) -> str | None:
     return None
 
 
-def require(config: Any, key: str, model_class: type | None = None) -> Any:
+def require(config: Any, key: str, model_class: type | None = None, allow_none: bool = False) -> Any:
     """``config[key]``, failing loudly where RecBole would return None for a key nobody set.
 
     Defaults live only in ``properties/*.yaml``; the error names the file that defines ``key`` so
-    a caller who built a Config by hand knows what to load.
+    a caller who built a config by hand knows what to load. ``allow_none`` accepts a key that is
+    present with the value ``~`` (None is then a meaningful setting) but still rejects an absent one.
     """
-    value = config[key]
-    if value is None:
+    present = key in config
+    value = config[key] if present else None
+    if not present or (value is None and not allow_none):
         where = defining_yaml(key, model_class)
         fix = f"load {where} (the runner does) or set it explicitly" if where else "set it explicitly"
         raise ValueError(f"config key {key!r} is missing; {fix}")

@@ -8,8 +8,8 @@ One parameter per line, as in RecBole 1.2.1's ``HyperTuning._build_space_from_fi
     n_layers      quniform 1,3,1         # round(U(low, high) / q) * q
     n_heads       randint 1,4            # integer in [low, high): high excluded (hyperopt/Ray)
 
-This module is independent of Ray (so it is cheap to import and to test); ``recbole_letter.tuning``
-turns :class:`HyperParam` objects into Ray Tune domains.
+This module is independent of Ray (so it is cheap to import and to test);
+``recbole_letter.tuning.search`` turns :class:`HyperParam` objects into Ray Tune domains.
 
 Deliberate differences from RecBole's parser, each because RecBole's behaviour loses a search
 silently or runs code from a text file:

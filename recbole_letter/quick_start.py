@@ -79,7 +79,13 @@ def run_recbole_letter(
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
+    # Under torch.distributed rank 0 fills the stage cache while the others wait, then they read it.
+    distributed = not config["single_spec"]
+    if distributed and _global_rank(config) != 0:
+        _barrier()
     resolve_stages(spec.model_class, config, train_data._dataset)
+    if distributed and _global_rank(config) == 0:
+        _barrier()
     net = spec.model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = spec.trainer_class(config, net)
@@ -100,6 +106,8 @@ def run_recbole_letter(
     fit_seconds = time.perf_counter() - started
     epochs = len(getattr(trainer, "train_loss_dict", {}) or {}) or None
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    # A model may leave artefacts after its run (STORE: codes of --new_items written to an index JSON).
+    outputs = net.after_run(config, train_data._dataset) if hasattr(net, "after_run") else None
     return {
         "model": spec.name,
         "dataset": dataset,
@@ -112,7 +120,18 @@ def run_recbole_letter(
         "seconds_per_epoch": round(fit_seconds / epochs, 2) if epochs else None,
         "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
+        **({"outputs": outputs} if outputs else {}),
     }
+
+
+def _global_rank(config: Any) -> int:
+    return int(config["local_rank"] or 0) + int(config["offset"] or 0)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def _accepts_callback(fit: Callable[..., Any]) -> bool:
@@ -169,6 +188,8 @@ def run_models(
     A model that fails is recorded with its error and the others still run; the JSON file is
     rewritten after every model so finished results are never lost.
     """
+    distributed = "local_rank" in (config_dict or {})
+    writes = not distributed or _dict_rank(config_dict or {}) == 0  # only global rank 0 writes results
     specs = [resolve_model(m) for m in models]  # unknown names fail before any training
     for spec in specs:  # so do config/data errors (missing dataset or column, bad metric, bad file)
         build_config(spec, dataset, config_files, config_dict)
@@ -180,11 +201,113 @@ def run_models(
         try:
             res = run_recbole_letter(spec.name, dataset, config_files, config_dict, saved=saved)
         except Exception as exc:  # keep the other models' results
+            if distributed:  # the other ranks wait in a collective: end the whole run instead
+                raise
             LOGGER.error("model %s failed:\n%s", spec.name, traceback.format_exc())
             res = {"model": spec.name, "dataset": dataset, "error": f"{type(exc).__name__}: {exc}"}
         results.append(res)
-        write_json_atomic({"dataset": dataset, "results": results}, out)
+        if writes:
+            write_json_atomic({"dataset": dataset, "results": results}, out)
     splits = {r["split"] for r in results if "split" in r}
     if len(splits) > 1:
         LOGGER.warning("models ran on different data splits %s: their rows are not comparable", splits)
     return results, out
+
+
+# ---------------------------------------------------------------- data-parallel runs
+
+DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
+
+
+def _dict_rank(config_dict: dict) -> int:
+    return int(config_dict.get("local_rank") or 0) + int(config_dict.get("offset") or 0)
+
+
+def is_distributed_request(config_dict: dict | None) -> bool:
+    """RecBole's multi-process keys ask for more than one process, or torchrun started us."""
+    from recbole_letter.compat import launched_by_torchrun
+
+    cd = config_dict or {}
+    return launched_by_torchrun() or int(cd.get("nproc") or 1) > 1 or int(cd.get("world_size") or -1) > 1
+
+
+def run_models_distributed(
+    models: Sequence[str],
+    dataset: str,
+    config_files: Sequence[str] | None = None,
+    config_dict: dict | None = None,
+    saved: bool = True,
+) -> tuple[list[dict[str, Any]], Path | None]:
+    """:func:`run_models` data-parallel over processes (RecBole's ``run_recboles`` semantics).
+
+    Under ``torchrun`` this process is one rank (env:// rendezvous; ``offset`` = RANK - LOCAL_RANK).
+    Otherwise ``nproc`` processes are spawned on this node with ranks ``offset .. offset+nproc-1``
+    of ``world_size`` (default ``nproc``), meeting at ``tcp://ip:port``. Gradients are averaged over
+    ranks, so ``train_batch_size`` is the *global* batch (each rank loads 1/world_size of it). Only
+    global rank 0 writes checkpoints and the results JSON; a failing rank ends every rank (spawn
+    terminates the others; torchrun does the same) with the failing rank's traceback.
+    Returns rank 0's results and JSON path (``None`` on other ranks).
+    """
+    from recbole_letter.compat import launched_by_torchrun
+
+    cd = dict(config_dict or {})
+    if launched_by_torchrun():
+        import os
+
+        local_rank = int(os.environ["LOCAL_RANK"])
+        cd.update(
+            local_rank=local_rank,
+            world_size=int(os.environ["WORLD_SIZE"]),
+            nproc=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            offset=int(os.environ["RANK"]) - local_rank,
+            ip=os.environ["MASTER_ADDR"],
+            port=os.environ["MASTER_PORT"],
+        )
+        try:
+            results, path = run_models(models, dataset, config_files, cd, saved=saved)
+        finally:
+            _destroy_group()
+        return (results, path) if _dict_rank(cd) == 0 else (results, None)
+
+    import torch.multiprocessing as mp
+
+    nproc = int(cd.get("nproc") or 1)
+    world_size = int(cd.get("world_size") or -1)
+    cd.update(
+        nproc=nproc,
+        world_size=nproc if world_size <= 0 else world_size,
+        ip=str(cd.get("ip") or "localhost"),
+        port=str(cd.get("port") or 5678),
+        offset=int(cd.get("offset") or 0),
+    )
+    if cd["offset"] + nproc > cd["world_size"]:
+        raise ValueError(
+            f"offset {cd['offset']} + nproc {nproc} exceeds world_size {cd['world_size']}: ranks would not exist. "
+            "Fix: world_size = total processes over all nodes, offset = ranks started on earlier nodes."
+        )
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(
+        _spawned_rank, args=(list(models), dataset, config_files, cd, saved, queue), nprocs=nproc, join=True
+    )
+    if queue.empty():  # this node does not hold global rank 0 (offset > 0)
+        return [], None
+    results, path = queue.get()
+    return results, Path(path)
+
+
+def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, queue) -> None:
+    """One process of :func:`run_models_distributed` (module level so ``spawn`` can import it)."""
+    cd = {**config_dict, "local_rank": local_rank}
+    try:
+        results, path = run_models(models, dataset, config_files, cd, saved=saved)
+    finally:
+        _destroy_group()
+    if _dict_rank(cd) == 0:
+        queue.put((results, str(path)))
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -10,8 +10,8 @@ What a recommendation is:
   ranks what comes next; ``--history=test`` reads exactly what RecBole's test evaluation read (the
   history before each user's held-out test item), which reproduces evaluation rankings.
 * Items the user already interacted with (within that history) are left out unless
-  ``--keep_history``. RecBole's own sequential evaluation does not leave them out, so
-  ``--history=test --keep_history`` equals the evaluation's top-K.
+  ``--keep_history``. RecBole's evaluation under this package's protocol (``repeatable: True``)
+  does not leave them out, so ``--history=test --keep_history`` equals the evaluation's top-K.
 * A beam-search model (TIGER) scores only the items its beam found; fewer than ``--topk``
   scored items (e.g. after leaving out the history) are reported, and ``--beam_size`` widens it.
 """
@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from recbole_letter import compat
 LOGGER = logging.getLogger("recbole_letter")
 HISTORY_MODES = ("full", "test")
 FORMATS = ("table", "json", "csv")
-_TITLE_WIDTH = 60
+_TITLE_WIDTH = 40
 
 
 class RecommendError(ValueError):
@@ -179,7 +180,7 @@ class Recommender:
         """Sparse ``[users, items]`` of the items each user interacted with within ``history``.
 
         ``full``: every interaction in the data; ``test``: those before the user's test item (the
-        train and validation parts, RecBole's own masking set for general models).
+        train and validation parts; what RecBole masks for general models when ``repeatable`` is off).
         """
         key = f"seen_{history}"
         if key in self._history:
@@ -439,7 +440,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if short:
         hint = ""
         if getattr(rec.model, "beam_size", None) is not None:
-            hint = f" {type(rec.model).__name__} scores only its beam (beam_size={rec.model.beam_size}); widen it with --beam_size."
+            hint = f" {type(rec.model).__name__} scores only its beam (beam_size={rec.model.beam_size}); widen it, e.g. --beam_size={2 * rec.model.beam_size}."
         print(f"warning: {short} of {len(users)} users got fewer than {args.topk} items (only items with a score are listed).{hint}",
               file=sys.stderr)
     return 0
@@ -457,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.output, "w", encoding="utf-8", newline="") as out:
                 return run(args, out)
         return run(args, sys.stdout)
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (RecommendError, compat.UntrustedCheckpointError, compat.CheckpointMismatchError,
             FileNotFoundError, DatasetNotFoundError) as exc:
         parser.exit(2, f"error: {exc}\n")

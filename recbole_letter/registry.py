@@ -24,6 +24,8 @@ _OUR_MODELS: dict[str, str] = {
     "LETTER": "recbole_letter.model.letter:LETTER",
     "RQVAE": "recbole_letter.model.letter:RQVAE",
     "TIGER": "recbole_letter.model.tiger:TIGER",
+    "LCRec": "recbole_letter.model.lcrec:LCRec",
+    "STORE": "recbole_letter.model.store:STORE",
 }
 
 _RECBOLE_SUBMODULES = (

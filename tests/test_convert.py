@@ -109,6 +109,20 @@ def test_letter_counts_order_and_item_text(tmp_path: Path) -> None:
     assert summary.index_path.read_bytes() == (src / "Toy.index.json").read_bytes()
 
 
+def test_letter_copies_lcrec_user_preferences(tmp_path: Path) -> None:
+    src = make_letter_dir(tmp_path)
+    prefs = {"user_explicit_preference": {"0": ["likes strings"]}, "user_vague_intention": {"train": {}, "test": {}}}
+    (src / "Toy.user.json").write_text(json.dumps(prefs))
+    summary = convert_letter(src, "toyds", tmp_path / "out")
+    assert summary.user_path == tmp_path / "out" / "toyds" / "toyds.user.json"
+    assert json.loads(summary.user_path.read_text()) == prefs
+    assert "toyds.user.json" in summary.line()
+    (src / "Toy.user.json").write_text(json.dumps({"0": "no wrapper"}))
+    with pytest.raises(ValueError, match="user_explicit_preference"):
+        convert_letter(src, "toyds2", tmp_path / "out")
+    assert not (tmp_path / "out" / "toyds2").exists() or not any((tmp_path / "out" / "toyds2").iterdir())
+
+
 def test_letter_name_option_and_missing_index_entries(tmp_path: Path) -> None:
     src = make_letter_dir(tmp_path, name="Files", index={"0": ["<a_1>"]})
     renamed = tmp_path / "elsewhere"

@@ -30,6 +30,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Small enough to fit in well under a second; the same keys a user sets in LETTER.yaml.
 TOKENIZER = {
+    "item_tokenizer": "LETTER",  # which tokenizer semantic_ids_for fits (TIGER.yaml's key; LETTER.yaml lacks it)
     "tokenizer_epochs": 3,
     "codebook_size": 8,
     "num_levels": 3,

@@ -188,3 +188,72 @@ def test_smollm2_loads_and_code_tokens_round_trip():
     code_ids = [i for i in ids if i >= first]
     assert len(code_ids) == 9
     assert backbone.tokenizer.convert_ids_to_tokens(code_ids[:3]) == table.item_token_strings([1])[0]
+
+
+# ----------------------------------------------------------------------------- task samples
+def _sampler_inputs(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from recbole_letter.llm.tasks import ItemCodes, TrainRows, item_text_from_table, load_user_preferences
+
+    table = small_table(n_items=6)
+    first = 100
+    tokens = np.asarray([[-1, -1, -1]] + [[first + int(o) + int(c) for o, c in zip(table.level_offsets, row)] for row in table.table[1:]])
+    strings = np.array([""] + ["".join(t) for t in table.item_token_strings(np.arange(1, 7))], dtype=object)
+    codes = ItemCodes(strings=strings, token_ids=tokens, eos_id=2)
+    rows = TrainRows(
+        histories=np.array([[1, 2, 0, 0], [1, 2, 3, 0], [4, 0, 0, 0]]),
+        lengths=np.array([2, 3, 1]),
+        targets=np.array([3, 5, 6]),
+        users=np.array([1, 1, 2]),
+    )
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3", "i4", "i5", "i6"],
+                          "title": ["Red Guitar.", "Blue Drum", "", "Pick", "Strap", "Cable"],
+                          "description": ["loud", "", "", "", "", "long cable"]})
+    text = item_text_from_table(items, ["i1", "i2", "i3", "i4", "i5", "i6"], ["title"], ["description"], 50)
+    user_file = tmp_path / "toy.user.json"
+    user_file.write_text(json.dumps({
+        "user_explicit_preference": {"u1": ["I like loud instruments"], "ghost": ["x"]},
+        "user_vague_intention": {"train": {"u1": {"querys": ["something red", "a guitar"], "item": "i1", "inters": ["i2", "i4"]}}},
+    }))
+    prefs = load_user_preferences(user_file, {"u1": 1, "u2": 2}.get, {f"i{k}": k for k in range(1, 7)}.get)
+    return codes, rows, text, prefs
+
+
+def test_task_sampler_builds_every_task_with_real_targets(tmp_path):
+    from recbole_letter.llm.tasks import TaskSampler
+
+    codes, rows, text, prefs = _sampler_inputs(tmp_path)
+    assert text.titles[1] == "Red Guitar" and text.titles[3] == "" and text.descriptions[6] == "long cable"
+    assert prefs.explicit == {1: ["I like loud instruments"]} and prefs.searches[0][1:3] == ([2, 4], 1)
+    tasks = ["seqrec", "item2index", "index2item", "fusionseqrec", "itemsearch", "preferenceobtain"]
+    sampler = TaskSampler(PromptTemplates.load(), codes, tasks, {"fusionseqrec": 2}, rows, text, prefs, 20, ", ", seed=0)
+    # item 3 has no text -> not in the item pools; fusionseqrec capped at 2 rows
+    assert len(sampler.pools["item2index"]) == 5 and len(sampler.pools["fusionseqrec"]) == 2
+    assert len(sampler) == 5 + 5 + 2 + 1 + 1
+    samples = sampler.draw(60)
+    assert {s.task for s in samples} == set(tasks) - {"seqrec"}
+    for s in samples:
+        assert "{" not in s.prompt and s.prompt.endswith("Answer: ")
+        if isinstance(s.response, list):  # code target: a real item's code ids + EOS
+            assert s.response[-1] == 2 and s.response[:-1] in codes.token_ids[1:].tolist()
+        else:
+            assert s.response.strip()
+    search = next(s for s in samples if s.task == "itemsearch")
+    assert search.response == codes.response(1)
+    pref = next(s for s in samples if s.task == "preferenceobtain")
+    assert pref.response == "I like loud instruments" and codes.strings[5] in pref.prompt  # user 1's train items
+
+
+def test_user_tasks_are_skipped_without_preference_file(tmp_path, caplog):
+    import logging
+
+    from recbole_letter.llm.tasks import TaskSampler
+
+    codes, rows, text, _ = _sampler_inputs(tmp_path)
+    with caplog.at_level(logging.INFO, logger="recbole_letter"):
+        sampler = TaskSampler(PromptTemplates.load(), codes, ["seqrec", "itemsearch", "preferenceobtain"], {}, rows, text, None, 20, ", ", 0)
+    assert sampler.pools == {} and sampler.draw(5) == []
+    assert "itemsearch skipped" in caplog.text and "user.json" in caplog.text

@@ -10,18 +10,11 @@ from hypothesis import strategies as st
 from recbole_letter.generation import prefix_index as prefix_index_module
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
 from recbole_letter.generation.prefix_index import PrefixIndex
-from recbole_letter.tokenization.semantic_ids import make_unique
+from recbole_letter.tokenization.semantic_ids import SemanticIDTable, make_unique
+from decoding import TableStepper, unique_table
 
 torch.set_num_threads(1)
 LAYOUTS = ("dense", "sparse")
-
-
-def unique_table(n_items: int, n_levels: int, n_codes: int, seed: int) -> np.ndarray:
-    """Random distinct code tuples for items 1..n_items, row 0 = padding (-1)."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(n_codes**n_levels, size=n_items, replace=False)
-    codes = np.stack([(flat // n_codes**p) % n_codes for p in reversed(range(n_levels))], axis=1)
-    return np.concatenate([np.full((1, n_levels), -1), codes]).astype(np.int64)
 
 
 def colliding_then_resolved(n_items: int, n_levels: int, n_codes: int, seed: int) -> np.ndarray:
@@ -33,45 +26,26 @@ def colliding_then_resolved(n_items: int, n_levels: int, n_codes: int, seed: int
     return np.concatenate([np.full((1, resolved.shape[1]), -1), resolved]).astype(np.int64)
 
 
-class MarkovStepper:
-    """Model-free stepper: next-token log-probs depend on the context row and the last token only.
-
-    A fixed random table keeps the test exact (no float noise from batched matmuls whose shapes
-    differ between layouts) while still giving every beam a different distribution.
-    """
-
-    def __init__(self, batch: int, vocab: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.table = torch.log_softmax(3 * torch.randn(batch, vocab, vocab, generator=g), dim=-1)
-        self.rows = torch.arange(batch)[:, None]
-        self.last = torch.zeros(batch, 1, dtype=torch.long)
-
-    def start(self) -> torch.Tensor:
-        return self.table[self.rows, self.last]
-
-    def advance(self, parent: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        self.last = tokens
-        return self.table[self.rows, tokens]
+def offsets_for(table: np.ndarray) -> list[int]:
+    """Code tokens after two special tokens; the layout is the SemanticIDTable's."""
+    return SemanticIDTable.from_padded(table).token_offsets(2)
 
 
-def offsets_for(index: PrefixIndex) -> list[int]:
-    return [2 + sum(index.level_sizes[:l]) for l in range(index.n_levels)]
-
-
-def oracle_scores(stepper: MarkovStepper, table: np.ndarray, offsets: list[int]) -> torch.Tensor:
-    """Exact sequence log-prob of every item under the Markov stepper; column 0 (padding) = -inf."""
-    tokens = torch.as_tensor(table[1:]) + torch.tensor(offsets)
-    prev = torch.cat([torch.zeros(len(tokens), 1, dtype=torch.long), tokens[:, :-1]], dim=1)
-    logp = stepper.table[:, prev, tokens].sum(-1)  # [B, n_items]
-    return torch.cat([torch.full((logp.shape[0], 1), float("-inf")), logp], dim=1)
+def oracle_scores(stepper: TableStepper, table: np.ndarray, offsets: list[int]) -> torch.Tensor:
+    """Exact sequence log-prob of every item; column 0 (padding) = -inf."""
+    logp = stepper.sequence_log_probs(torch.as_tensor(table[1:]) + torch.tensor(offsets))
+    return torch.cat([torch.full((logp.shape[0], 1), float("-inf"), dtype=logp.dtype), logp], dim=1)
 
 
 def search(table: np.ndarray, layout: str, beam: int, batch: int = 6, seed: int = 0):
+    """Beam search over fixed log-prob tables (exact arithmetic: no float noise from batched
+    matmuls whose shapes could differ between layouts)."""
     index = PrefixIndex(table, layout=layout)
-    offsets = offsets_for(index)
-    stepper = MarkovStepper(batch, 2 + sum(index.level_sizes), seed)
+    offsets = offsets_for(table)
+    tables = TableStepper(batch, 2 + sum(index.level_sizes), index.n_levels, seed)
+    stepper = tables.for_contexts(torch.arange(batch))
     items, scores = constrained_beam_search(stepper, index, offsets, beam)
-    return index, stepper, offsets, items, scores
+    return index, tables, offsets, items, scores
 
 
 # ---------------------------------------------------------------- structure
@@ -149,7 +123,7 @@ def test_walks_reach_exactly_the_items(n_items, n_levels, n_codes, seed, layout)
     [
         lambda: unique_table(3000, n_levels=4, n_codes=8, seed=1),  # unique as quantised
         lambda: colliding_then_resolved(3000, n_levels=3, n_codes=8, seed=2),  # extra level from make_unique
-        lambda: unique_table(500, n_levels=2, n_codes=64, seed=3),  # sparse rows, wide levels
+        lambda: unique_table(500, n_levels=2, n_codes=64, seed=3),  # wide levels: auto = dense + sparse
     ],
     ids=["unique", "collisions_resolved", "wide"],
 )
@@ -157,9 +131,10 @@ def test_walks_reach_exactly_the_items(n_items, n_levels, n_codes, seed, layout)
 def test_layouts_give_identical_beams(make_table, beam):
     table = make_table()
     dense = search(table, "dense", beam)
-    sparse = search(table, "sparse", beam)
-    assert torch.equal(dense[3], sparse[3])  # same items, same order
-    assert torch.equal(dense[4], sparse[4])  # bitwise the same scores
+    for layout in ("sparse", "auto"):
+        other = search(table, layout, beam)
+        assert torch.equal(dense[3], other[3])  # same items, same order
+        assert torch.equal(dense[4], other[4])  # bitwise the same scores
     assert dense[3].shape == (6, beam) and (dense[3] >= 1).all()
     oracle = oracle_scores(dense[1], table, dense[2])
     assert torch.equal(dense[4], oracle.gather(1, dense[3]))  # scores are the items' true log-probs
@@ -194,12 +169,14 @@ def test_sparse_memory_grows_with_items_not_codes():
 def test_auto_keeps_dense_only_where_it_is_small_and_cheaper(monkeypatch):
     full = unique_table(16**3, n_levels=3, n_codes=16, seed=7)  # every prefix has all 16 children
     assert PrefixIndex(full).layout == "dense"
-    # Typical semantic IDs: deep prefixes have a few children, so sparse steps score far fewer slots.
-    assert PrefixIndex(unique_table(1682, n_levels=4, n_codes=256, seed=8)).layout == "sparse"
-    # Memory bound: a full trie too goes sparse once its dense tables exceed the limit.
-    dense_bytes = PrefixIndex(full, layout="dense").nbytes()
-    monkeypatch.setattr(prefix_index_module, "AUTO_DENSE_MAX_BYTES", dense_bytes - 1)
-    assert PrefixIndex(full).layout == "sparse"
+    # Typical semantic IDs: the first level has nearly every code, deeper prefixes a few children.
+    typical = PrefixIndex(unique_table(1682, n_levels=4, n_codes=256, seed=8))
+    assert typical.layouts == ["dense", "sparse", "sparse", "sparse"] and typical.layout == "mixed"
+    # Memory bound: the deepest level of the full trie goes sparse once it would exceed the limit.
+    level_bytes = [12 * n * s for n, s in zip([1, 16, 256], [16, 16, 16])]
+    monkeypatch.setattr(prefix_index_module, "AUTO_DENSE_MAX_BYTES", sum(level_bytes) - 1)
+    assert PrefixIndex(full).layouts == ["dense", "dense", "sparse"]
+    assert PrefixIndex(full, layout="dense").nbytes() == sum(level_bytes)
 
 
 def test_scatter_scores_fills_a_slice_in_place():

@@ -217,6 +217,32 @@ def test_excluding_history_never_repeats_an_item(sasrec) -> None:
     assert np.isfinite(full.scores).all()
 
 
+def test_general_model_ranks_as_evaluation_did(tiny_seq_dataset, fast_config, monkeypatch) -> None:
+    """BPR (no sequence): --history=test --keep_history ranks as the evaluation did (our protocol's
+    ``repeatable: True`` masks no history there), and leaving history out removes exactly the user's items."""
+    from recbole.utils.case_study import full_sort_topk
+
+    root = tiny_seq_dataset(DATASET, n_users=40, n_items=25)
+    eval_topk = record_eval_topk(monkeypatch, K)
+    ckpt = run_recbole_letter("BPR", DATASET, config_dict={**fast_config, "data_path": str(root)}, saved=True)["checkpoint"]
+    rec = Recommender.from_checkpoint(ckpt)
+    assert not rec.sequential
+    users = ["1", "7", "23", "40"]
+    ours = rec.recommend(users, K, history="test", exclude_history=False)
+    unseen = rec.recommend(users, K, history="test")
+    uids = rec.user_ids(users)
+    _, theirs = full_sort_topk(uids, rec.model, rec.test_data, K, rec.config["device"])
+    sequences = user_sequences(root / DATASET / f"{DATASET}.inter")
+    full = rec.recommend(users, K, history="full")
+    for row, user in enumerate(users):
+        assert rec.item_tokens(ours.items[row]).tolist() == eval_topk[user]["items"], user
+        assert rec.item_tokens(theirs[row].numpy()).tolist() == eval_topk[user]["items"], user
+        assert not set(rec.item_tokens(full.items[row]).tolist()) & set(sequences[user])
+        assert not set(rec.item_tokens(unseen.items[row]).tolist()) & set(sequences[user][:-1])
+        kept = [t for t in rec.item_tokens(ours.items[row]).tolist() if t not in sequences[user][:-1]]
+        assert rec.item_tokens(unseen.items[row]).tolist()[: len(kept)] == kept  # same order otherwise
+
+
 # ----------------------------------------------------------------------------- trust and identity
 
 
@@ -317,3 +343,122 @@ def test_recbole_quick_start_is_patched_in_this_process() -> None:
 
     assert q.load_data_and_model is compat.load_data_and_model
     assert q.quick_start.load_data_and_model is compat.load_data_and_model
+
+
+# ----------------------------------------------------------------------------- generative models: TIGER, LCRec
+
+TIGER_TINY = {
+    # tokenizer stages: precomputed item/CF embeddings (no text encoder, no LightGCN), a tiny LETTER
+    "tokenizer_epochs": 3,
+    "codebook_size": 8,
+    "num_levels": 3,
+    "n_div_clusters": 2,
+    "div_refresh_every": 2,
+    "tokenizer_hidden_dims": [16],
+    "code_dim": 8,
+    "kmeans_iters": 10,
+    "tokenizer_batch_size": 32,
+    # a T5 that trains a few batches in seconds
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "d_model": 32,
+    "num_heads": 2,
+    "d_kv": 16,
+    "d_ff": 64,
+    "train_batches_per_epoch": 3,
+    "beam_size": 10,
+    "topk": [K],
+    "valid_metric": f"NDCG@{K}",
+    "state": "ERROR",
+}
+
+
+def write_embeddings(root: Path, workdir: Path) -> dict:
+    """Random item and CF embeddings for every item of the ``.inter`` file (token sidecars)."""
+    tokens = sorted({line.split("\t")[1] for line in (root / DATASET / f"{DATASET}.inter").read_text().splitlines()[1:]})
+    rng = np.random.default_rng(3)
+    files = {}
+    for key, dim in (("item_embedding_file", 12), ("cf_embedding_file", 8)):
+        path = workdir / f"{key}.npy"
+        np.save(path, rng.standard_normal((len(tokens), dim)).astype(np.float32))
+        path.with_suffix(".tokens.txt").write_text("\n".join(tokens) + "\n")
+        files[key] = str(path)
+    return files
+
+
+# LC-Rec on a tiny random Llama (2 layers, d 64; no download), trained on next-item prompts only
+LCREC_TINY = {"llm_path": "tiny-random", "lcrec_tasks": "seqrec", "decode_batch_size": 16}
+
+
+@pytest.mark.parametrize(
+    ("model", "tokenizer", "extra"),
+    [("TIGER", "LETTER", {}), ("TIGER", "RQVAE", {}), ("LCRec", "LETTER", LCREC_TINY)],
+    ids=["LETTER-TIGER", "RQVAE-TIGER", "LETTER-LCRec"],
+)
+def test_generative_checkpoint_recommends_without_the_stage_cache(
+    model, tokenizer, extra, tiny_seq_dataset, fast_config, workdir, monkeypatch
+):
+    import shutil
+
+    root = tiny_seq_dataset(DATASET, n_users=40, n_items=25, min_len=8, max_len=14)
+    write_titles(root / DATASET, 25)
+    eval_topk = record_eval_topk(monkeypatch, K)
+    params = {**fast_config, **TIGER_TINY, **write_embeddings(root, workdir), "data_path": str(root),
+              "item_tokenizer": tokenizer, **extra}
+    result = run_recbole_letter(model, DATASET, config_dict=params, saved=True)
+    stages = Path(params["checkpoint_dir"]) / "stages"
+    assert any((stages / "tokenizer").iterdir())
+    shutil.rmtree(stages)  # recommending must not need (or refit) any stage
+
+    users = ["1", "7", "23", "40"]
+    got = run_probe(result["checkpoint"], users, workdir / "probe.json")
+    assert not stages.exists()
+    for user in users:
+        assert got["recbole"][user] == eval_topk[user]["items"], user
+        np.testing.assert_allclose(got["recbole_scores"][user], eval_topk[user]["scores"], rtol=1e-4, atol=1e-5)
+        assert [r["item"] for r in got["cli_test"][user]] == eval_topk[user]["items"], user
+    sequences = user_sequences(root / DATASET / f"{DATASET}.inter")
+    for user in users:
+        full = got["cli_full"][user]
+        assert 1 <= len(full) <= K  # the beam (10) minus the user's own items
+        assert not {r["item"] for r in full} & set(sequences[user])
+        assert all(np.isfinite(r["score"]) and r["score"] <= 0 for r in full)  # log-probabilities
+
+
+def test_tiger_checkpoint_refuses_another_id_table(tiny_seq_dataset, fast_config, workdir) -> None:
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_letter.tokenization.semantic_ids import SemanticIDTable
+
+    root = tiny_seq_dataset(DATASET, n_users=40, n_items=25)
+    params = {**fast_config, **TIGER_TINY, **write_embeddings(root, workdir), "data_path": str(root)}
+    result = run_recbole_letter("TIGER", DATASET, config_dict=params, saved=True)
+    checkpoint = compat.load_trusted_checkpoint(result["checkpoint"])
+    trained = checkpoint["config"]["semantic_id_table"].table
+    assert isinstance(checkpoint["config"]["semantic_id_table"], SemanticIDTable)
+
+    config, spec = build_config("TIGER", DATASET, config_dict=params)
+    _, _, test_data = data_preparation(config, create_dataset(config))
+    swapped = trained.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]  # two items trade codes
+    config["semantic_id_table"] = SemanticIDTable.from_padded(swapped)
+    trainer = spec.trainer_class(config, spec.model_class(config, test_data._dataset))
+    with pytest.raises(ValueError, match="different semantic-ID table"):
+        trainer.evaluate(test_data, load_best_model=True, model_file=result["checkpoint"])
+
+
+def test_beam_bounds_the_cli_topk(tiny_seq_dataset, fast_config, workdir, capsys) -> None:
+    root = tiny_seq_dataset(DATASET, n_users=40, n_items=25)
+    params = {**fast_config, **TIGER_TINY, **write_embeddings(root, workdir), "data_path": str(root)}
+    ckpt = run_recbole_letter("TIGER", DATASET, config_dict=params, saved=True)["checkpoint"]
+    code, _, err = run_cli([f"--model_file={ckpt}", "--users=1", "--topk=12"], capsys)
+    assert code == 2 and "beam_size=10" in err and "--beam_size=12" in err
+    code, out, err = run_cli([f"--model_file={ckpt}", "--users=1,2", "--topk=12", "--beam_size=24", "--format=json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert all(len(r["items"]) >= 6 for r in rows)  # a wider beam, more items after leaving out history
+    code, out, err = run_cli([f"--model_file={ckpt}", "--users=1,2", "--topk=10", "--format=json"], capsys)
+    assert code == 0
+    # the beam of 10 holds some of each user's own items, which are left out
+    assert any(len(r["items"]) < 10 for r in json.loads(out))
+    assert "fewer than 10 items" in err and "beam_size=10" in err

@@ -166,3 +166,70 @@ def test_resolve_stages_keeps_a_given_table_and_rejects_unknown_stages(setup):
 
     with pytest.raises(ValueError, match="requires the stage 'magic', which is unknown"):
         resolve_stages(NeedsMagic, config, dataset)
+
+
+def test_large_evaluation_matrices_are_announced(setup, caplog, monkeypatch):
+    """RecBole's full-sort batch needs [eval_batch_size, n_items] scores + a hit matrix: warn when big."""
+    from recbole_letter.model import base
+
+    config, dataset, _ = setup
+    config["semantic_id_table"] = table_for(dataset)
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        FixedTableGenerator(config, dataset)
+    assert "full-sort evaluation holds" not in caplog.text
+    needed = 8 * config["eval_batch_size"] * dataset.item_num
+    monkeypatch.setattr(base, "EVAL_MATRIX_WARN_BYTES", needed - 1)
+    with caplog.at_level("WARNING", logger="recbole_letter"):
+        FixedTableGenerator(config, dataset)
+    assert "full-sort evaluation holds" in caplog.text and "lower eval_batch_size" in caplog.text
+
+
+# ----------------------------------------------------------------------------- new and cold-start items
+def free_tuples(table: SemanticIDTable, n: int) -> np.ndarray:
+    used = {tuple(row) for row in table.table[table.assigned].tolist()}
+    free = [(a, b) for a in range(N_CODES) for b in range(N_CODES) if (a, b) not in used]
+    return np.array(free[:n])
+
+
+def test_cold_items_are_not_recommended_until_given_codes(setup):
+    config, dataset, batch = setup
+    padded = np.array(table_for(dataset).table)
+    cold = np.array([3, 7])
+    padded[cold] = -1
+    table = SemanticIDTable.from_padded(padded, level_sizes=[N_CODES, N_CODES], allow_unassigned=True)
+    config["semantic_id_table"] = table
+    config["beam_size"] = 40  # exhaustive: every item with a code is scored
+    model = FixedTableGenerator(config, dataset).eval()
+    users = batch[:4]
+    before = model.full_sort_predict(users)
+    assert torch.isinf(before[:, cold]).all() and torch.isfinite(before[:, 1:]).sum() == 4 * (model.n_items - 3)
+    assert (model.item_tokens[cold] == 0).all()  # no code yet -> padding token in histories
+
+    codes = free_tuples(table, 2)
+    assert model.add_items(codes, item_ids=cold).tolist() == cold.tolist()
+    after = model.full_sort_predict(users)
+    assert torch.isfinite(after[:, 1:]).all()
+    keep = np.setdiff1d(np.arange(1, model.n_items), cold)
+    assert torch.equal(after[:, keep], before[:, keep])  # the network did not change
+    assert np.array_equal(model.id_table.table[keep], table.table[keep])
+    assert torch.equal(model.semantic_ids[cold], torch.as_tensor(codes))
+    with pytest.raises(ValueError, match="already have codes"):
+        model.add_items(free_tuples(model.id_table, 1), item_ids=[3])
+    with pytest.raises(ValueError, match="share a code tuple"):
+        model.add_items(model.id_table.table[[1]], item_ids=None)
+
+
+def test_appended_items_extend_the_full_sort_scores(setup):
+    config, dataset, batch = setup
+    config["semantic_id_table"] = table = table_for(dataset)
+    config["beam_size"] = 40
+    model = FixedTableGenerator(config, dataset).eval()
+    n_before = model.n_items
+    ids = model.add_items(free_tuples(table, 3))
+    assert ids.tolist() == [n_before, n_before + 1, n_before + 2] and model.n_items == n_before + 3
+    scores = model.full_sort_predict(batch[:5])
+    assert scores.shape == (5, n_before + 3)
+    assert torch.isfinite(scores[:, ids]).all()  # the new items are recommendable
+    assert np.array_equal(model.id_table.table[:n_before], table.table)  # no existing code changed
+    with pytest.raises(ValueError, match="outside|codebook size"):
+        model.add_items(np.array([[N_CODES, 0]]))  # a code the generator has no token for

@@ -393,3 +393,30 @@ def test_plot_code_usage_writes_png(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["usage.png"]  # atomic: no temp left
     with pytest.raises(ValueError, match="codebook sizes"):
         plot_code_usage(codes, [4], tmp_path / "x.png")
+
+
+def test_table_with_unassigned_items(tmp_path):
+    codes = np.array([[0, 1], [-1, -1], [1, 0], [-1, -1]])
+    with pytest.raises(ValueError, match="negative codes"):
+        SemanticIDTable(codes)
+    table = SemanticIDTable(codes, level_sizes=[3, 2], allow_unassigned=True)
+    assert table.assigned.tolist() == [False, True, False, True, False]
+    assert "unassigned=2" in repr(table)
+    tokens = table.item_token_table(first_token=10, pad_token=0)
+    assert tokens[[0, 2, 4]].tolist() == [[0, 0]] * 3 and tokens[1].tolist() == [10, 14]
+    with pytest.raises(ValueError, match="no code yet"):
+        table.item_token_strings([2])
+    table.export_index_json(["a", "b", "c", "d"], tmp_path / "i.json")
+    assert json.loads((tmp_path / "i.json").read_text()) == {"a": ["<a_0>", "<b_1>"], "c": ["<a_1>", "<b_0>"]}
+
+    filled = table.with_new_items(np.array([[2, 1]]), item_ids=[4])
+    assert filled.table[4].tolist() == [2, 1] and filled.level_sizes == (3, 2)
+    assert table.table[4].tolist() == [-1, -1]  # the original is unchanged
+    grown = filled.with_new_items(np.array([[2, 0], [0, 0]]))
+    assert grown.n_items == 6 and grown.table[5:].tolist() == [[2, 0], [0, 0]]
+    with pytest.raises(ValueError, match="already have codes"):
+        filled.with_new_items(np.array([[1, 1]]), item_ids=[4])
+    with pytest.raises(ValueError, match="share a code tuple"):
+        filled.with_new_items(np.array([[0, 1]]), item_ids=[2])
+    with pytest.raises(ValueError, match="level sizes"):
+        filled.with_new_items(np.array([[3, 0]]), item_ids=[2])

@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+import yaml
+
 import recbole_letter  # noqa: F401  (applies the numpy-2 shims RecBole needs)
+from recbole_letter.config import PROPERTIES_DIR
 from recbole_letter.stages import text_embeddings as te
 from recbole_letter.data.item_matrix import load_item_matrix, sidecar_paths
 from recbole_letter.data.item_text import item_texts
@@ -83,8 +86,16 @@ def data_dir(tmp_path: Path) -> Path:
     return d
 
 
+# The stage's keys with their one set of defaults, read from the YAML the runner loads.
+STAGE_KEYS = ("item_embedding_file", "item_text_fields", "item_text_max_chars", "text_encoder",
+              "text_encoder_batch_size", "text_max_length", "text_normalize")
+OVERALL = yaml.safe_load((PROPERTIES_DIR / "overall.yaml").read_text(encoding="utf-8"))
+STAGE_DEFAULTS = {key: OVERALL[key] for key in STAGE_KEYS}
+
+
 def make_config(data_dir: Path, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     cfg = {
+        **STAGE_DEFAULTS,
         "data_path": str(data_dir),
         "dataset": "toy",
         "checkpoint_dir": str(tmp_path / "saved"),
@@ -252,6 +263,10 @@ def test_stage_config_errors(tmp_path: Path, data_dir: Path, calls: list) -> Non
         te.item_text_embeddings(make_config(data_dir, tmp_path, item_text_fields=["plot"]), ds)
     with pytest.raises(ValueError, match="text_encoder_batch_size must be a positive int"):
         te.item_text_embeddings(make_config(data_dir, tmp_path, text_encoder_batch_size=0), ds)
+    without_key = make_config(data_dir, tmp_path)
+    del without_key["text_max_length"]  # no default in code: the error names the YAML that has it
+    with pytest.raises(ValueError, match="'text_max_length' is missing; load properties/overall.yaml"):
+        te.item_text_embeddings(without_key, ds)
     assert calls == []
     # nothing half-written was left behind by the failures
     stage_dir = tmp_path / "saved" / "stages" / te.STAGE
@@ -332,6 +347,7 @@ def test_real_recbole_dataset_alignment(tmp_path: Path, calls: list, monkeypatch
         model="SASRec",
         dataset="toy",
         config_dict={
+            **STAGE_DEFAULTS,
             "data_path": str(tmp_path / "data"),
             "checkpoint_dir": str(tmp_path / "saved"),
             "train_neg_sample_args": None,
@@ -354,3 +370,43 @@ def test_real_recbole_dataset_alignment(tmp_path: Path, calls: list, monkeypatch
     for iid in range(1, dataset.item_num):
         token = str(dataset.id2token(dataset.iid_field, iid))
         np.testing.assert_allclose(out[iid], fake_vec(expected[token]), rtol=1e-6, err_msg=token)
+
+
+# ---------------------------------------------------------------------------------------------
+# text_encoder: llm (the LLM backbone's own mean-pooled hidden states)
+# ---------------------------------------------------------------------------------------------
+def test_llm_encoder_same_vector_batched_or_not() -> None:
+    from recbole_letter.llm.backbone import load_backbone
+    from recbole_letter.llm.embedding import mean_pooled_states
+
+    backbone = load_backbone("tiny-random", seed=3)
+    texts = ["Toy Story", "GoldenEye, a 1995 spy film with a much longer description", "", "Heat", "Toy Story"]
+    batched = mean_pooled_states(backbone.model, backbone.tokenizer, texts, batch_size=8)
+    alone = np.stack([mean_pooled_states(backbone.model, backbone.tokenizer, [t], batch_size=1)[0] for t in texts])
+    assert batched.shape == (5, 64) and np.isfinite(batched).all()
+    # padding (right side, masked out of the mean) must not change any text's vector
+    np.testing.assert_allclose(batched, alone, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(batched[0], batched[4])
+    # different texts give different vectors, so the test above is not vacuous
+    assert np.abs(batched[0] - batched[1]).max() > 1e-3
+    # the empty text pools over the EOS state instead of dividing by zero
+    eos_only = mean_pooled_states(backbone.model, backbone.tokenizer, [backbone.tokenizer.eos_token])[0]
+    np.testing.assert_allclose(batched[2], eos_only, atol=1e-5)
+
+
+def test_llm_encoder_in_stage_cached_and_keyed_by_backbone(tmp_path: Path, data_dir: Path, warnings_log) -> None:
+    cfg = make_config(data_dir, tmp_path, text_encoder="llm", llm_path="tiny-random", llm_dtype="float32",
+                      llm_tiny_config={"hidden_size": 32, "intermediate_size": 64}, seed=5, text_encoder_batch_size=2)
+    ds = FakeDataset(["10", "20", "40"])
+    first = te.item_text_embeddings(cfg, ds)
+    assert first.shape == (4, 32)
+    np.testing.assert_allclose(np.linalg.norm(first[1:], axis=1), 1.0, rtol=1e-5)
+    warnings_log.clear()
+    again = te.item_text_embeddings(dict(cfg, text_encoder_batch_size=7), ds)
+    assert "cache hit" in warnings_log.text
+    np.testing.assert_array_equal(again, first)
+    # another backbone (here: another random seed) is another cache entry with other vectors
+    other = te.item_text_embeddings(dict(cfg, seed=6), ds)
+    assert not np.allclose(other[1:], first[1:], atol=1e-3)
+    with pytest.raises(ValueError, match="text_encoder=llm needs llm_path"):
+        te.item_text_embeddings(dict(cfg, llm_path=None), ds)

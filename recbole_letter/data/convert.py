@@ -20,7 +20,8 @@ Why these choices
   then puts each user's last item in test and the second-last in valid, exactly the paper's split,
   and ties are impossible. User and item ids are kept as their original string tokens ("0",
   "17"), so a published ``<ds>.index.json`` keyed by item id still matches; it is validated and
-  copied next to the atomic files as ``<NAME>.index.json``.
+  copied next to the atomic files as ``<NAME>.index.json``; an LC-Rec ``<ds>.user.json`` (per-user
+  preference text, used by LCRec's itemsearch / preferenceobtain tasks) is copied likewise.
 * **Raw Amazon reviews** (2014 and 2018 dumps, gzip or plain): optional rating threshold, exact
   (user, item) duplicates removed keeping the earliest, iterative k-core, then each user's
   interactions sorted by time (stable: ties keep file order). The written ``timestamp`` is the
@@ -49,7 +50,6 @@ import json
 import os
 import re
 import sys
-import uuid
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -57,6 +57,8 @@ from typing import IO, Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from recbole_letter.atomic import StagedFiles
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -85,6 +87,8 @@ class ConversionSummary:
     inter_path: Path
     item_path: Optional[Path] = None
     index_path: Optional[Path] = None
+    #: LETTER/LC-Rec: copied per-user preference file (LCRec's itemsearch / preferenceobtain tasks).
+    user_path: Optional[Path] = None
     #: Items written without any metadata (absent from item.json / the meta file).
     items_without_text: int = 0
     #: LETTER: interactions whose item equals the same user's previous item (kept, not dropped).
@@ -104,7 +108,7 @@ class ConversionSummary:
 
     def line(self) -> str:
         """One human-readable line: counts, then output paths, then anything worth noticing."""
-        outputs = (self.inter_path, self.item_path, self.index_path)
+        outputs = (self.inter_path, self.item_path, self.index_path, self.user_path)
         paths = [str(p) for p in outputs if p is not None]
         extra = []
         if self.consecutive_repeats is not None:
@@ -256,42 +260,6 @@ def _check_ids(values: pd.Series, what: str, source: Path) -> None:
     empty = values[values == ""]
     if len(empty):
         raise ValueError(f"{source}: empty {what} id found; remove records without a {what} id")
-
-
-class _StagedOutputs:
-    """Collect outputs as temp files in their final directory; move them in only on success."""
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-
-    def _tmp_for(self, final: Path) -> Path:
-        # A unique name opened with mode "x" (not mkstemp, which forces 0600) so the final file
-        # gets the usual umask permissions.
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        self._pending.append((tmp, final))
-        return tmp
-
-    def write(self, final: Path, writer: Callable[[IO[str]], None]) -> None:
-        tmp = self._tmp_for(final)
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            writer(fh)
-
-    def copy_bytes(self, src: Path, final: Path) -> None:
-        tmp = self._tmp_for(final)
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
-
-    def commit(self) -> None:
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-        self._pending.clear()
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
-        self._pending.clear()
 
 
 def _frame_writer(header: Sequence[str], frame: pd.DataFrame) -> Callable[[IO[str]], None]:
@@ -466,7 +434,7 @@ def convert_letter(
     if empty_users:
         summary.notes.append(f"{empty_users} users with no items skipped")
 
-    staged = _StagedOutputs()
+    staged = StagedFiles()
     try:
         staged.write(
             summary.inter_path,
@@ -488,6 +456,16 @@ def convert_letter(
             summary.items_without_semantic_id = sum(1 for i in items if i not in indexed)
             summary.index_path = target / f"{dataset}.index.json"
             staged.copy_bytes(index_json, summary.index_path)
+        user_json = src / f"{name}.user.json"
+        if user_json.is_file():
+            prefs = _load_json(user_json, "{user_explicit_preference: {user: [text]}}")
+            if not isinstance(prefs, dict) or "user_explicit_preference" not in prefs:
+                raise ValueError(
+                    f"{user_json}: expected LC-Rec's user.json with a 'user_explicit_preference' "
+                    "object; fix the file or move it out of the directory"
+                )
+            summary.user_path = target / f"{dataset}.user.json"
+            staged.copy_bytes(user_json, summary.user_path)
         staged.commit()
     finally:
         staged.discard()
@@ -693,7 +671,7 @@ def convert_amazon(
         if item_frame is None:
             summary.notes.append("metadata has no text for the kept items")
 
-    staged = _StagedOutputs()
+    staged = StagedFiles()
     try:
         staged.write(summary.inter_path, _frame_writer(header, inter))
         if item_frame is not None:

@@ -20,6 +20,8 @@ from torch.nn.utils.clip_grad import clip_grad_norm_
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from recbole_letter.config import require
+
 SCHEDULERS = ("none", "cosine", "inverse_sqrt")
 
 
@@ -55,15 +57,16 @@ class GenerativeTrainer(Trainer):
 
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
-        accum = config["gradient_accumulation_steps"]
-        self.accumulation_steps: int = 1 if accum is None else int(accum)
+        model_class = type(model)  # a missing key names the model's YAML that defines it
+        accum = require(config, "gradient_accumulation_steps", model_class)
+        self.accumulation_steps: int = int(accum)
         if self.accumulation_steps < 1:
             raise ValueError(f"gradient_accumulation_steps must be >= 1, got {accum}")
-        self.scheduler_kind: str = str(config["lr_scheduler"] or "none").lower()
-        self.warmup_steps: int = int(config["warmup_steps"] or 0)
+        self.scheduler_kind: str = str(require(config, "lr_scheduler", model_class)).lower()
+        self.warmup_steps: int = int(require(config, "warmup_steps", model_class))
         lr_lambda(self.scheduler_kind, self.warmup_steps, 1)  # validate now, not after an epoch
         self.scheduler: LambdaLR | None = None
-        cap = config["train_batches_per_epoch"]
+        cap = require(config, "train_batches_per_epoch", model_class, allow_none=True)
         if cap is not None and (not isinstance(cap, int) or cap < 1):
             raise ValueError(f"train_batches_per_epoch must be a positive integer or ~, got {cap!r}")
         # CPU budgets: a generative model on 2 cores cannot afford RecBole's one-row-per-prefix

@@ -28,8 +28,9 @@ from recbole_letter.stages.item_tokenizer import (
 )
 
 
-class TokenizerTrainer(AbstractTrainer):
-    """Fits the tokenizer through the cached semantic-ID stage; ``evaluate`` returns its report."""
+class TokenizerFit(AbstractTrainer):
+    """RecBole's ``trainer_class`` for a tokenizer: ``fit`` loads or fits it through the cached
+    item-tokenizer stage (no batches, no epochs of a recommender), ``evaluate`` returns its report."""
 
     # Tokenizers are stored in the stage cache, not as RecBole .pth checkpoints.
     uses_recbole_checkpoints = False
@@ -75,7 +76,7 @@ class LETTER(GeneralRecommender):
 
     type = ModelType.GENERAL
     input_type = InputType.POINTWISE
-    trainer_class = TokenizerTrainer
+    trainer_class = TokenizerFit
     method = "LETTER"
 
     def __init__(self, config: Any, dataset: Any) -> None:
@@ -89,7 +90,7 @@ class LETTER(GeneralRecommender):
         self.report: dict[str, float] | None = None
 
     def calculate_loss(self, interaction):
-        raise NotImplementedError(f"{type(self).__name__} is fitted by TokenizerTrainer, not by batches")
+        raise NotImplementedError(f"{type(self).__name__} is fitted by TokenizerFit, not by batches")
 
     def predict(self, interaction):
         raise NotImplementedError(f"{type(self).__name__} is an item tokenizer; it does not score items")

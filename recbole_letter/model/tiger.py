@@ -56,7 +56,7 @@ class TIGER(SemanticIDRecommender):
         super().__init__(config, dataset)
         self.place_code_tokens(first_token=N_SPECIAL, pad_token=PAD_TOKEN)
 
-        self.user_token_buckets = int(config["user_token_buckets"] or 0)
+        self.user_token_buckets = int(self.require(config, "user_token_buckets"))
         if self.user_token_buckets < 0:
             raise ValueError(f"user_token_buckets must be >= 0, got {self.user_token_buckets}")
         self.user_token_offset = N_SPECIAL + self.n_code_tokens

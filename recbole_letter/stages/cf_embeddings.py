@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from recbole_letter.config import require
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
 
@@ -34,17 +35,17 @@ _SPLIT_KEYS = (
 
 
 def _cf_settings(config: Any) -> tuple[str, int, dict]:
-    name = config["cf_model"] or "LightGCN"
+    name = require(config, "cf_model")
     matches = [m for m in SUPPORTED_CF_MODELS if m.lower() == str(name).lower()]
     if not matches:
         raise ValueError(
             f"cf_model={name!r} is not supported. Fix: use one of {SUPPORTED_CF_MODELS}, or give a "
             f"precomputed matrix with cf_embedding_file=<path.npy>."
         )
-    epochs = config["cf_epochs"] or 100
+    epochs = require(config, "cf_epochs")
     if not isinstance(epochs, int) or epochs <= 0:
         raise ValueError(f"cf_epochs={epochs!r} must be a positive integer.")
-    overrides = config["cf_config"] or {}
+    overrides = require(config, "cf_config", allow_none=True) or {}  # ~ = no overrides
     if not isinstance(overrides, dict):
         raise ValueError(f"cf_config={overrides!r} must be a mapping of RecBole keys for the CF model.")
     return matches[0], epochs, dict(overrides)

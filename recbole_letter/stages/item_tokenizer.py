@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recbole_letter.config import require
 from recbole_letter.data.item_matrix import dataset_item_tokens as item_tokens  # re-exported
 from recbole_letter.seeding import isolated_rng
 from recbole_letter.stages.stage_cache import stage_cache_for, stage_key
@@ -74,7 +75,7 @@ CONFIG_KEYS: dict[str, str] = {
 
 def tokenizer_config_from(config: Any, method: str) -> TokenizerConfig:
     """A :class:`TokenizerConfig` from RecBole config keys; RQVAE switches the LETTER terms off."""
-    values = {fld: config[key] for key, fld in CONFIG_KEYS.items() if config[key] is not None}
+    values = {fld: require(config, key) for key, fld in CONFIG_KEYS.items()}
     if method == "RQVAE":
         values["alpha"] = 0.0
         values["beta"] = 0.0
@@ -221,7 +222,7 @@ def _load_entry(entry: Path) -> ItemTokenizer:
 
 
 def _method(config: Any) -> str:
-    value = config["item_tokenizer"] or "LETTER"
+    value = require(config, "item_tokenizer")
     for method in METHODS:
         if str(value).upper() == method:
             return method

@@ -1,13 +1,17 @@
 """Item text -> semantic embeddings, the input of the LETTER / RQ-VAE tokenizer.
 
-Config keys read (defaults in brackets):
+Config keys read (defaults, in brackets, come from ``properties/overall.yaml``; a key missing from
+a hand-built config is an error that names that file):
     item_embedding_file       [None]     precomputed ``.npy``; skips text and encoder entirely
                                          (row order: see :mod:`recbole_letter.data.item_matrix`)
     item_text_fields          [None]     ``.item`` columns joined into the text, in order;
                                          None = every token/token_seq column except the id
     item_text_max_chars       [None]     truncate each item's text to this many characters
-    text_encoder              ["minilm"] "minilm" (packaged all-MiniLM-L6-v2), a registered
-                                         name, or a local sentence-transformers / HF model dir
+    text_encoder              ["minilm"] "minilm" (packaged all-MiniLM-L6-v2), "llm" (the LLM
+                                         backbone of ``llm_path``: mean-pooled hidden states, see
+                                         :mod:`recbole_letter.llm.embedding`), a registered name,
+                                         or a local sentence-transformers / HF model dir
+    llm_path, llm_dtype, llm_tiny_config, seed   the backbone, read only for text_encoder=llm
     text_encoder_batch_size   [64]       texts per forward pass (not part of the cache key)
     text_max_length           [256]      encoder token limit per text
     text_normalize            [True]     L2-normalise the embeddings
@@ -34,25 +38,16 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from recbole_letter.config import require
 from recbole_letter.data.item_matrix import dataset_item_tokens, load_item_matrix, pad_item_matrix
 from recbole_letter.data.item_text import default_text_fields, item_file_for, read_item_table, texts_from_table
+from recbole_letter.llm.embedding import POOLING, BackboneSpec
 from recbole_letter.stages.stage_cache import directory_fingerprint, stage_cache_for, stage_key
 
 logger = logging.getLogger("recbole_letter")
 
 STAGE = "text_embeddings"
 _FORMAT_VERSION = 1  # bump when the stored layout or text format changes
-
-DEFAULTS: dict[str, Any] = {
-    "item_embedding_file": None,
-    "item_text_fields": None,
-    "item_text_max_chars": None,
-    "text_encoder": "minilm",
-    "text_encoder_batch_size": 64,
-    "text_max_length": 256,
-    "text_normalize": True,
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Encoders
@@ -64,6 +59,7 @@ class EncoderSettings:
     batch_size: int = 64
     max_length: int = 256
     device: str = "cpu"
+    backbone: BackboneSpec | None = None  # set for text_encoder=llm only
 
 
 class TextEncoder(Protocol):
@@ -189,6 +185,57 @@ def _minilm_dir() -> Path:
 register_text_encoder("minilm", lambda spec, s: SentenceTransformerEncoder(_minilm_dir(), s, label="minilm"))
 
 
+class LLMTextEncoder:
+    """``text_encoder: llm``: the LLM backbone's own mean-pooled last hidden states.
+
+    The identity names the backbone's *files* (a fingerprint of the SmolLM2 wheel or the local
+    model directory) and dtype, or for ``tiny-random`` its seed, shape and the transformers
+    version that initialised it; the backbone itself is only loaded on a cache miss.
+    """
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        if settings.backbone is None:
+            raise ValueError("text_encoder=llm needs the llm_path / llm_dtype / llm_tiny_config keys in the config")
+        from recbole_letter.llm.backbone import SMOLLM2, TINY_RANDOM, smollm2_dir
+
+        self.settings = settings
+        spec = settings.backbone
+        key = spec.path.lower()
+        if key == TINY_RANDOM:
+            import transformers
+
+            source = f"tiny-random:seed={spec.seed}:shape={spec.tiny_config}:transformers={transformers.__version__}"
+        else:
+            folder = smollm2_dir() if key == SMOLLM2 else Path(spec.path).expanduser()
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"llm_path {spec.path!r} is not 'smollm2', 'tiny-random' or an existing directory; give a "
+                    "local Hugging Face causal-LM directory (nothing is downloaded from a hub)"
+                )
+            source = directory_fingerprint(folder)
+        self._identity = f"llm:{POOLING}:{source}:{spec.dtype}"
+        self._backbone: Any = None
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        from recbole_letter.llm.backbone import load_backbone
+        from recbole_letter.llm.embedding import mean_pooled_states
+
+        spec = self.settings.backbone
+        if self._backbone is None:
+            self._backbone = load_backbone(spec.path, spec.dtype, spec.seed, spec.tiny_overrides)
+            self._backbone.model.to(self.settings.device)
+        return mean_pooled_states(
+            self._backbone.model, self._backbone.tokenizer, texts, self.settings.batch_size, self.settings.max_length
+        )
+
+
+register_text_encoder("llm", lambda spec, s: LLMTextEncoder(s))
+
+
 def resolve_text_encoder(spec: str, settings: EncoderSettings) -> TextEncoder:
     """Turn a ``text_encoder`` value into an encoder; never downloads anything.
 
@@ -222,12 +269,16 @@ def resolve_text_encoder(spec: str, settings: EncoderSettings) -> TextEncoder:
 # The stage
 # ---------------------------------------------------------------------------------------------
 def _cfg(config: Any, key: str) -> Any:
-    """Config value or our default; RecBole returns None for unset keys."""
+    """One of this stage's keys (``~`` allowed where it means "not set"); no code defaults."""
+    return require(config, key, allow_none=True)
+
+
+def _recbole_key(config: Any, key: str) -> Any:
+    """A RecBole key (always set in a RecBole Config); None when a plain dict lacks it."""
     try:
-        value = config[key]
+        return config[key]
     except KeyError:
-        value = None
-    return DEFAULTS.get(key) if value is None else value
+        return None
 
 
 def _positive_int(config: Any, key: str) -> int:
@@ -253,6 +304,15 @@ def _fields(config: Any) -> list[str] | None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"item_text_fields must be a list of column names, got {value!r}: e.g. [movie_title, class]")
     return list(value)
+
+
+def _backbone_spec(config: Any) -> BackboneSpec | None:
+    """The LLM to embed with when ``text_encoder`` is ``llm`` (its ``llm_*`` keys), else None."""
+    if str(_cfg(config, "text_encoder")).strip() != "llm":
+        return None
+    return BackboneSpec.from_values(
+        _cfg(config, "llm_path"), _cfg(config, "llm_dtype"), _cfg(config, "seed"), _cfg(config, "llm_tiny_config")
+    )
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -289,15 +349,16 @@ def item_text_embeddings(config: Any, dataset: Any) -> np.ndarray:
     if precomputed:
         return pad_item_matrix(load_item_matrix(precomputed, tokens, "item_embedding_file"))
 
-    id_field = _cfg(config, "ITEM_ID_FIELD") or dataset.iid_field
-    sep = _cfg(config, "field_separator") or "\t"
+    id_field = _recbole_key(config, "ITEM_ID_FIELD") or dataset.iid_field
+    sep = _recbole_key(config, "field_separator") or "\t"
     item_file = item_file_for(config)
     fields = _fields(config)
     max_chars = _cfg(config, "item_text_max_chars")
     settings = EncoderSettings(
         batch_size=_positive_int(config, "text_encoder_batch_size"),
         max_length=_positive_int(config, "text_max_length"),
-        device=str(_cfg(config, "device") or "cpu"),
+        device=str(_recbole_key(config, "device") or "cpu"),
+        backbone=_backbone_spec(config),
     )
     normalize = _as_bool(config, "text_normalize")
 

@@ -494,15 +494,3 @@ def encode_codes(
     use_sk = use_sinkhorn is not False
     x = torch.from_numpy(emb).to(device)
     return _codes_for(model, x, cfg.encode_batch_size, use_sk).cpu().numpy().astype(np.int64)
-
-
-def benchmark_items_per_second(n_items: int = 9922, dim: int = 384, epochs: int = 3, seed: int = 0) -> float:
-    """Training throughput (items/s) of the default LETTER config on random data of the given size.
-
-    Not a test: a quick way to see what a tokenizer fit will cost on this machine.
-    """
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n_items, dim), dtype=np.float32)
-    cf = rng.standard_normal((n_items, 32), dtype=np.float32)
-    result = fit_tokenizer(emb, cf, TokenizerConfig(epochs=epochs, seed=seed), progress=False)
-    return result.items_per_second

@@ -552,35 +552,50 @@ class SemanticIDTable:
     checkpoint carries the IDs it was trained with.
     """
 
-    def __init__(self, codes: np.ndarray, level_sizes: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, codes: np.ndarray, level_sizes: Sequence[int] | None = None, allow_unassigned: bool = False
+    ) -> None:
         """Build from ``codes`` ``[N, L]`` for internal ids ``1..N`` (no padding row).
 
         ``level_sizes`` defaults to ``max code + 1`` per level. When the table carries an extra
         disambiguation level, the base codebook sizes alone (``L - 1`` entries) may be given;
         the extra level's size is then ``max extra code + 1``.
+
+        With ``allow_unassigned``, rows that are all ``-1`` are items of the dataset that have
+        no code yet (cold-start items the tokenizer never saw): they cannot be generated until
+        :meth:`with_new_items` gives them codes.
         """
-        codes = _as_code_table(codes)
-        stats = count_collisions(codes)
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            _as_code_table(codes)  # raises the error that names the expected shape
+        unassigned = np.zeros(codes.shape[0], dtype=bool)
+        if allow_unassigned and codes.size:
+            unassigned = (codes == -1).all(axis=1)
+        assigned = _as_code_table(codes[~unassigned], "codes")
+        stats = count_collisions(assigned)
         if stats["colliding_items"]:
             raise ValueError(
                 f"{stats['colliding_items']} items share a code tuple; resolve them with "
                 "make_unique() before building a SemanticIDTable"
             )
-        observed = (codes.max(axis=0) + 1).tolist() if codes.size else [1] * codes.shape[1]
+        observed = (assigned.max(axis=0) + 1).tolist() if assigned.size else [1] * assigned.shape[1]
         if level_sizes is None:
             sizes = [int(s) for s in observed]
         else:
             sizes = [int(s) for s in level_sizes]
-            if len(sizes) == codes.shape[1] - 1:
+            if len(sizes) == assigned.shape[1] - 1:
                 sizes.append(int(observed[-1]))
-            sizes = _check_sizes(codes, sizes, "level_sizes")
-        table = np.concatenate([np.full((1, codes.shape[1]), -1, dtype=np.int64), codes], axis=0)
+            sizes = _check_sizes(assigned, sizes, "level_sizes")
+        table = np.full((codes.shape[0] + 1, assigned.shape[1]), -1, dtype=np.int64)
+        table[1:][~unassigned] = assigned
         table.setflags(write=False)  # shared by models/generators: accidental edits would corrupt IDs
         self._table = table
         self._sizes = tuple(sizes)
 
     @classmethod
-    def from_padded(cls, table: np.ndarray, level_sizes: Sequence[int] | None = None) -> "SemanticIDTable":
+    def from_padded(
+        cls, table: np.ndarray, level_sizes: Sequence[int] | None = None, allow_unassigned: bool = False
+    ) -> "SemanticIDTable":
         """Build from an internal-id-aligned ``[N + 1, L]`` table whose row 0 (padding) is all ``-1``."""
         table = np.asarray(table)
         if table.ndim != 2 or table.shape[0] < 1:
@@ -589,7 +604,51 @@ class SemanticIDTable:
             )
         if (table[0] != -1).any():
             raise ValueError("semantic-ID table row 0 (padding item) must be all -1; rebuild the table")
-        return cls(table[1:], level_sizes)
+        return cls(table[1:], level_sizes, allow_unassigned)
+
+    @property
+    def assigned(self) -> np.ndarray:
+        """``[N + 1]`` bool: which internal ids have a code tuple (row 0, padding: False)."""
+        return (self._table >= 0).all(axis=1)
+
+    def with_new_items(self, codes: np.ndarray, item_ids: np.ndarray | Sequence[int] | None = None) -> "SemanticIDTable":
+        """A new table in which new items have ``codes``; this table is left as it is.
+
+        ``item_ids`` are unassigned rows of this table (cold-start items of the dataset) to fill;
+        ``None`` appends the items after the last id (items the dataset does not know). Existing
+        codes never change, the level sizes (the generator's code vocabulary) stay, and the new
+        tuples must be distinct from every existing one and from each other.
+        """
+        codes = _as_code_table(codes, "codes")
+        if codes.shape[1] != self.n_levels:
+            raise ValueError(f"new codes have {codes.shape[1]} levels, the table has {self.n_levels}")
+        outside = codes >= np.asarray(self._sizes)
+        if outside.any():
+            row, level = (int(x[0]) for x in np.nonzero(outside))
+            raise ValueError(
+                f"new item row {row} has level-{level + 1} code {int(codes[row, level])} outside the table's level "
+                f"sizes {list(self._sizes)} (the generator has no token for it); generate codes within them"
+            )
+        table = np.array(self._table)
+        if item_ids is None:
+            table = np.concatenate([table, codes], axis=0)
+        else:
+            ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+            if ids.size != codes.shape[0] or np.unique(ids).size != ids.size:
+                raise ValueError(f"give one distinct item id per code row ({ids.size} ids for {codes.shape[0]} rows)")
+            if ids.size and (ids.min() < 1 or ids.max() > self.n_items):
+                raise ValueError(f"item ids must lie in [1, {self.n_items}]; use item_ids=None to append new items")
+            already = ids[self.assigned[ids]]
+            if already.size:
+                raise ValueError(
+                    f"items {already[:_N_EXAMPLES].tolist()} already have codes; existing codes never change"
+                )
+            table[ids] = codes
+        valid = (table[1:] >= 0).all(axis=1)
+        stats = count_collisions(table[1:][valid])
+        if stats["colliding_items"]:
+            raise ValueError(f"{stats['colliding_items']} items would share a code tuple; give new items free tuples")
+        return SemanticIDTable.from_padded(table, self._sizes, allow_unassigned=True)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"table": self._table, "sizes": self._sizes}
@@ -630,9 +689,9 @@ class SemanticIDTable:
         return [int(first_token) + int(o) for o in self.level_offsets]
 
     def item_token_table(self, first_token: int, pad_token: int) -> np.ndarray:
-        """``[N + 1, L]`` vocabulary ids of every item's codes (row 0, padding, all ``pad_token``)."""
+        """``[N + 1, L]`` vocabulary ids of every item's codes (padding and unassigned rows: ``pad_token``)."""
         tokens = self._table + np.asarray(self.token_offsets(first_token), dtype=np.int64)
-        tokens[0] = pad_token
+        tokens[~self.assigned] = pad_token
         return tokens
 
     def code_token_strings(self) -> list[str]:
@@ -647,11 +706,19 @@ class SemanticIDTable:
         ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 1 or ids.max() > self.n_items):
             raise ValueError(f"item ids must lie in [1, {self.n_items}] (0 is padding)")
+        if not self.assigned[ids].all():
+            raise ValueError(f"items {ids[~self.assigned[ids]][:_N_EXAMPLES].tolist()} have no code yet")
         return _token_strings(self._table[ids]).tolist()
 
     def export_index_json(self, item_tokens: Sequence[str], path: str | os.PathLike) -> Path:
-        """Export rows ``1..N`` with their dataset ``item_tokens`` (see :func:`export_index_json`)."""
-        return export_index_json(self._table[1:], item_tokens, path)
+        """Export rows ``1..N`` with their dataset ``item_tokens`` (see :func:`export_index_json`);
+        items without a code yet are left out."""
+        if len(item_tokens) != self.n_items:
+            raise ValueError(f"{len(item_tokens)} item tokens for {self.n_items} items; give one per internal id 1..N")
+        keep = self.assigned[1:]
+        return export_index_json(self._table[1:][keep], [t for t, k in zip(item_tokens, keep) if k], path)
 
     def __repr__(self) -> str:
-        return f"SemanticIDTable(n_items={self.n_items}, level_sizes={list(self._sizes)})"
+        missing = int((~self.assigned[1:]).sum())
+        extra = f", unassigned={missing}" if missing else ""
+        return f"SemanticIDTable(n_items={self.n_items}, level_sizes={list(self._sizes)}{extra})"

@@ -1,0 +1,104 @@
+"""The Ray entry points whose location or signature changed between Ray 2.6.3 and current Ray.
+
+RecBole 1.2.1 pins ``ray<=2.6.3``, which has no wheels for Python >= 3.12, so users run either.
+Everything else in :mod:`recbole_letter.tuning` uses APIs both versions share (``tune.Tuner``,
+``Tuner.restore``, ``TuneConfig``, ``with_parameters``, ``with_resources``, ``BasicVariantGenerator``,
+``HyperOptSearch``); what moved is picked here, newest location first:
+
+* reporting metrics from a trial: ``ray.tune.report(metrics)`` (current Ray, dict positional), else
+  ``ray.train.report(metrics)`` (2.7-2.4x), else ``ray.air.session.report(metrics)`` (2.6). The old
+  ``tune.report(**kwargs)`` of 2.6 has a different signature and is never used.
+* the trial's id: ``ray.tune.get_context()``, else ``ray.train.get_context()``, else ``ray.air.session``.
+* ``RunConfig``/``FailureConfig``: ``ray.tune.*`` (current), else ``ray.train.*`` (2.7+), else
+  ``ray.air.*`` (2.6). Current Ray deprecates passing ``ray.train`` configs to a Tuner.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+
+class TuningError(ValueError):
+    """A tuning request that cannot run as given (the message names the fix)."""
+
+
+def report(metrics: dict[str, Any]) -> None:
+    """Report one result from inside a trial (see the module docstring for the order tried)."""
+    from ray import tune
+
+    params = list(inspect.signature(tune.report).parameters.values())
+    if params and params[0].name == "metrics":  # current Ray: tune.report(metrics, *, checkpoint=None)
+        tune.report(metrics)
+        return
+    try:
+        from ray import train
+
+        if hasattr(train, "report"):  # Ray 2.7 .. 2.4x
+            train.report(metrics)
+            return
+    except ImportError:  # pragma: no cover - ray.train ships with ray[tune]
+        pass
+    from ray.air import session  # Ray 2.6
+
+    session.report(metrics)
+
+
+def trial_id() -> str:
+    """Id of the running trial (e.g. ``a1b2c3d4_00001``)."""
+    from ray import tune
+
+    if hasattr(tune, "get_context"):
+        return str(tune.get_context().get_trial_id())
+    from ray import train
+
+    if hasattr(train, "get_context"):
+        return str(train.get_context().get_trial_id())
+    from ray.air import session
+
+    return str(session.get_trial_id())
+
+
+def config_classes() -> tuple[type, type]:
+    """``(RunConfig, FailureConfig)`` of the installed Ray."""
+    from ray import tune
+
+    if hasattr(tune, "RunConfig") and hasattr(tune, "FailureConfig"):
+        return tune.RunConfig, tune.FailureConfig
+    from ray import train
+
+    if hasattr(train, "RunConfig") and hasattr(train, "FailureConfig"):
+        return train.RunConfig, train.FailureConfig
+    from ray import air
+
+    return air.RunConfig, air.FailureConfig
+
+
+def hyperopt_search_class() -> type:
+    """Ray's ``HyperOptSearch`` (TPE); a clear error when hyperopt is not installed.
+
+    Ray's own module imports fine without hyperopt and only asserts at construction, with a
+    message that does not name this package's install route.
+    """
+    try:
+        import hyperopt  # noqa: F401
+    except ImportError:
+        raise TuningError(
+            "--tune_algo=tpe needs hyperopt, which is not installed. "
+            "Fix: pip install 'hyperopt>=0.2.7' (or reinstall this package, which depends on it)."
+        ) from None
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch
+
+
+def can_restore(path: str) -> bool:
+    """Whether ``path`` holds a Ray Tune experiment that ``Tuner.restore`` can continue."""
+    from ray import tune
+
+    return bool(tune.Tuner.can_restore(path))
+
+
+def ray_version() -> str:
+    import ray
+
+    return str(ray.__version__)
