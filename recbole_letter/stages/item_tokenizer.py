@@ -332,6 +332,8 @@ def tokenizer_source(config: Any, method: str) -> str:
     """What a tokenizer model (``LETTER`` / ``RQVAE``) reports on: its own fit, or -- when
     ``item_tokenizer`` names an index.json -- that index, so ``--model=LETTER
     --item_tokenizer=<index.json>`` prints the published index's report next to ours."""
+    if config["item_tokenizer"] is None:  # LETTER.yaml does not set it: the model's own fit
+        return method
     value = _method(config)
     return method if value in METHODS else value
 
