@@ -430,7 +430,8 @@ def test_grid_runs_both_values_exactly_once_and_one_crashes(
     from recbole_letter.quick_start import build_config
 
     monkeypatch.chdir(tmp_path)
-    # hidden_size -5 makes SASRec raise at construction. Every dimension is a choice: grid by default.
+    # hidden_size -5 makes the trial fail (its config check, before SASRec is built). Every dimension
+    # is a choice: grid by default.
     code, out, payload, study_dir = _study(
         capsys, "hidden_size choice [16,-5]\n", "--tune_cpus_per_trial=1", "--learning_rate=0.003"
     )
@@ -442,7 +443,7 @@ def test_grid_runs_both_values_exactly_once_and_one_crashes(
     good = next(r for r in rows if r["params"]["hidden_size"] == 16)
     bad = next(r for r in rows if r["params"]["hidden_size"] == -5)
     assert rows[0] is not bad and rows[-1]["trial"] == bad["trial"]  # sorted: scored trials first
-    assert bad["status"] == "error" and "negative dimension -5" in bad["error"] and "\n" not in bad["error"]
+    assert bad["status"] == "error" and "hidden_size=-5" in bad["error"] and "\n" not in bad["error"]
     assert good["status"] == "ok" and good["error"] is None
     assert 0.0 <= good["best_valid_score"] <= 1.0 and "ndcg@10" in good["test"] and "ndcg@10" in good["valid"]
     assert good["valid_curve"] == [[1, pytest.approx(good["best_valid_score"])]]  # 1 epoch, 1 validation
