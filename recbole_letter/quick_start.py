@@ -115,6 +115,7 @@ def run_recbole_letter(
     outputs = net.after_run(config, train_data._dataset) if hasattr(net, "after_run") else None
     return {
         "model": spec.name,
+        "label": result_label(spec.model_class, config, spec.name),
         "dataset": dataset,
         "best_valid_score": _to_float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -137,6 +138,14 @@ def _barrier() -> None:
     import torch.distributed as dist
 
     dist.barrier()
+
+
+def result_label(model_class: type, config: Any, name: str) -> str:
+    """The row name in results tables: the model's own ``result_label(config)`` when it has one
+    (TIGER: which semantic IDs and tau, so LETTER-TIGER is never mistaken for plain TIGER), else
+    the model name. The ``model`` key of a result stays the registry name."""
+    label = getattr(model_class, "result_label", None)
+    return str(label(config)) if callable(label) else name
 
 
 def _accepts_callback(fit: Callable[..., Any]) -> bool:
@@ -172,7 +181,7 @@ def results_table(results: Sequence[dict[str, Any]], split: str = "test_result")
     for res in results:
         values = res.get(split) or {}
         seconds = res.get("seconds_per_epoch")
-        cells = [res["model"], *(values.get(col) for col in columns), res.get("epochs")]
+        cells = [res.get("label") or res["model"], *(values.get(col) for col in columns), res.get("epochs")]
         cells.append(None if seconds is None else f"{seconds:.1f}")
         if failed:
             cells.append(format_cell(res.get("error", ""), max_chars=200))

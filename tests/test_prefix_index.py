@@ -189,3 +189,21 @@ def test_scatter_scores_fills_a_slice_in_place():
     assert torch.equal(out[1:], expected)
     with pytest.raises(ValueError, match="expected"):
         scatter_scores(items, scores, 5, out=out[1:])
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_item_prefixes_are_the_beam_states_that_lead_to_each_item(layout):
+    """Walking each item's codes with ``follow`` visits exactly ``item_prefixes[item]``."""
+    table = unique_table(300, n_levels=3, n_codes=8, seed=11)
+    index = PrefixIndex(table, layout=layout)
+    items = torch.arange(1, table.shape[0])
+    codes = torch.as_tensor(table)[items]
+    prefix = torch.zeros_like(items)
+    for level in range(index.n_levels):
+        assert torch.equal(index.item_prefixes[items, level], prefix)
+        slots = torch.arange(index.width(level)).expand(len(items), -1)
+        allowed = index.candidates(level, prefix, torch.zeros(len(items), index.level_sizes[level]))
+        chosen_code, child = index.follow(level, prefix[:, None].expand_as(slots), slots)
+        slot = ((chosen_code == codes[:, level : level + 1]) & torch.isfinite(allowed)).float().argmax(1)
+        prefix = child.gather(1, slot[:, None]).squeeze(1)
+    assert torch.equal(prefix, items)

@@ -156,7 +156,12 @@ class PrefixIndex(nn.Module):
         codes = codes[item_ids]
         self.n_levels: int = int(codes.shape[1])
         self.level_sizes: list[int] = [int(s) + 1 for s in codes.max(axis=0)]
-        self.n_prefixes, edges = _number_prefixes(codes, item_ids)
+        self.n_prefixes, edges, prefixes = _number_prefixes(codes, item_ids)
+        item_prefixes = torch.zeros(self.n_items_total, self.n_levels, dtype=torch.long)
+        item_prefixes[torch.from_numpy(item_ids)] = torch.from_numpy(prefixes)
+        # [n_items_total, L]: id of each item's length-l prefix (the beam state entering level l),
+        # what a loss normalised over the valid codes (``candidates``) needs per target item.
+        self.register_buffer("item_prefixes", item_prefixes, persistent=False)
         if layout == "auto":
             layouts = _auto_layouts(self.level_sizes, self.n_prefixes, [_max_degree(e[0]) for e in edges])
         else:
@@ -203,8 +208,9 @@ class PrefixIndex(nn.Module):
         return self.levels[level].follow(prefix, slot)
 
     def nbytes(self) -> int:
-        """Bytes held by the index tensors (what grows with the catalogue)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes held by the decoding tables (what grows with the catalogue); ``item_prefixes``
+        (``8 * n_levels`` bytes per item, used by training losses only) is not counted."""
+        return sum(b.numel() * b.element_size() for b in self.levels.buffers())
 
     def extra_repr(self) -> str:
         return (
@@ -237,7 +243,7 @@ def _auto_layouts(level_sizes: list[int], n_prefixes: list[int], max_degree: lis
     return layouts
 
 
-def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int], list[tuple]]:
+def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int], list[tuple], np.ndarray]:
     """Number every distinct prefix in lexicographic order and list each level's edges.
 
     Sorting the tuples once puts every prefix's children next to each other, in code order; a
@@ -245,7 +251,8 @@ def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int]
     first ``l + 1`` codes. Returns ``n_prefixes`` (per level, the prefixes of length ``l``) and
     per level ``(parent, code, child)`` int64 tensors, one entry per edge, sorted by parent then
     code; ``child`` is the edge's own index (= the next level's prefix id), or the item id at the
-    last level. Raises on duplicate tuples.
+    last level; and ``[n_items, L]`` the prefix id of each item's first ``l`` codes (rows in the
+    order of ``item_ids``). Raises on duplicate tuples.
     """
     n_items, n_levels = codes.shape
     order = np.lexsort(codes.T[::-1])
@@ -261,8 +268,10 @@ def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int]
     n_prefixes: list[int] = []
     edges: list[tuple] = []
     parent_of_row = np.zeros(n_items, dtype=np.int64)  # prefix id of length l of each sorted row
+    prefixes = np.empty((n_items, n_levels), dtype=np.int64)
     n_parent = 1
     for level in range(n_levels):
+        prefixes[order, level] = parent_of_row
         starts = np.flatnonzero(new_prefix[:, level])
         if level + 1 < n_levels:
             child = np.arange(starts.size, dtype=np.int64)
@@ -278,4 +287,4 @@ def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int]
         n_prefixes.append(n_parent)
         parent_of_row = np.cumsum(new_prefix[:, level], dtype=np.int64) - 1
         n_parent = starts.size
-    return n_prefixes, edges
+    return n_prefixes, edges, prefixes
