@@ -430,7 +430,8 @@ def test_grid_runs_both_values_exactly_once_and_one_crashes(
     from recbole_letter.quick_start import build_config
 
     monkeypatch.chdir(tmp_path)
-    # hidden_size -5 makes SASRec raise at construction. Every dimension is a choice: grid by default.
+    # hidden_size -5 makes the trial fail (its config check, before SASRec is built). Every dimension
+    # is a choice: grid by default.
     code, out, payload, study_dir = _study(
         capsys, "hidden_size choice [16,-5]\n", "--tune_cpus_per_trial=1", "--learning_rate=0.003"
     )
