@@ -187,6 +187,13 @@ def test_task_weights_are_checked(tmp_path):
         build(tmp_path, known, text2token_weight=-1)
     with pytest.raises(ValueError, match="at most 1"):
         build(tmp_path, known, token2token_weight=2.0)
+    # a share below 1 uses that share of the batch's rows as history -> next-item prompts
+    _, model, train_data, _ = build(tmp_path, known, **{**WEIGHTS_OFF, "token2token_weight": 0.5}, train_batch_size=64)
+    batch = next(iter(train_data))
+    prompts, responses = model.training_samples(batch)
+    assert 0.25 * len(batch) <= len(prompts) <= 0.75 * len(batch)
+    targets = {tuple(model.item_tokens[i].tolist()) for i in batch[model.POS_ITEM_ID].tolist()}
+    assert all(tuple(r[:-1]) in targets for r in responses)  # each answer is one of the batch's next items
 
 
 def test_cli_end_to_end_tokenizes_new_items_into_the_index(tmp_path, capsys):
