@@ -26,11 +26,11 @@ leave-one-out split keeps each user's last interaction for test). Then
 
 Everything runs in this process under ``properties/cold_start_cpu.yaml`` (or ``--config_files``)
 plus ``--key=value`` overrides; numbers are written to ``benchmarks/results/cold_start_<name>.json``
-and a markdown table to stdout. Times are CPU seconds of this process (``common.clock``).
+and a markdown report to stdout and next to the JSON (``.md``). Times are CPU seconds of this process (``common.clock``).
 
 Examples::
 
-    python benchmarks/cold_start.py                                   # tiny-random, ml-100k, 200 users
+    python benchmarks/cold_start.py                                   # tiny-random, ml-100k, 300 users
     python benchmarks/cold_start.py --max_users=400 --llm_path=smollm2 --finetune=lora --learning_rate=0.001
 """
 from __future__ import annotations
@@ -194,17 +194,52 @@ def reconstruction(model: Any, ids: np.ndarray, titles: list[str]) -> dict[str, 
     }
 
 
+def relative(path: str) -> str:
+    """A path inside the repository as a repository-relative string (results must not name a worktree)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """The result JSON as markdown: the ranking table (cold / warm / all test rows) with the
+    cold-first reference row, and STORE's text <-> token checks. Also written next to the JSON."""
+    from recbole_letter.tables import markdown_table
+
+    header = ["model, cold-item codes", *[f"cold {m}" for m in METRICS], *[f"warm {m}" for m in METRICS],
+              *[f"all {m}" for m in METRICS], "cold share of top-10"]
+    rows = [[label, *[r["cold"].get(m) for m in METRICS], *[r["warm"].get(m) for m in METRICS],
+             *[r["all"].get(m) for m in METRICS], r["cold_share_top10"]] for label, r in payload["results"].items()]
+    reference = payload["cold_first_reference"]
+    rows.append(["reference: all cold items first, random order", *[reference.get(m) for m in METRICS],
+                 *[None] * (2 * len(METRICS)), min(1.0, payload["n_cold_items"] / 10)])
+    setup = (
+        f"{payload['dataset']} (from {payload['source']}): {payload['n_cold_items']} held-out items; test "
+        f"interactions with a cold target: {payload['n_test_cold']}, with a warm target: {payload['n_test_warm']}. "
+        f"Backbone `{payload['llm_path']}`, budget `{' '.join(payload['budget_files'])}`, overrides "
+        f"{payload['overrides'] or 'none'}; {payload['semantic_ids']}; {payload['cpu_seconds'].get('total')} CPU-s."
+    )
+    recon = payload["reconstruction"]
+    return "\n\n".join([
+        f"## Cold-start items: {payload['dataset']}", setup, markdown_table(header, rows),
+        "## STORE text <-> token",
+        markdown_table(["check", "value"], [[k, v] for k, v in payload["text_token_skills"].items()]),
+        markdown_table(["token -> text", "exact title", "word F1", "items"],
+                       [[k, v["exact_title"], v["word_f1"], v["n"]] for k, v in recon.items()]),
+    ]) + "\n"
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-100k", help="dataset with a .item title column")
-    parser.add_argument("--max_users", type=int, default=200, help="user subsample (0 = all)")
+    parser.add_argument("--max_users", type=int, default=300, help="user subsample (0 = all)")
     parser.add_argument("--cold_share", type=float, default=0.3, help="share of the test-target items held out")
     parser.add_argument("--seed", type=int, default=0, help="subsample / hold-out seed")
     parser.add_argument("--config_files", default=str(BUDGET), help="budget YAML(s), space-separated")
     parser.add_argument("--checkpoint_dir", default=str(ROOT / "saved" / "cold_start"))
     parser.add_argument("--text_samples", type=int, default=50, help="items per token -> text / text -> token check")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cold_start_<dataset>.json)")
+    parser.add_argument("--report_from", default=None, help="only rewrite the markdown (.md) of this result JSON")
     return parser
 
 
@@ -216,10 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     from recbole_letter.cli import parse_overrides
     from recbole_letter.data.bundled import resolve_dataset_dir
     from recbole_letter.quick_start import build_config
-    from recbole_letter.tables import markdown_table
     from recbole_letter.tokenization.semantic_ids import SemanticIDTable
 
     args, extra = build_parser().parse_known_args(argv)
+    if args.report_from:
+        source = Path(args.report_from)
+        source.with_suffix(".md").write_text(markdown_report(json.loads(source.read_text())))
+        print(source.with_suffix(".md").read_text())
+        return 0
     overrides = parse_overrides(extra)
     started = clock()
     checkpoint_dir = Path(args.checkpoint_dir).resolve()
@@ -312,27 +351,19 @@ def main(argv: list[str] | None = None) -> int:
         recon[label] = reconstruction(with_cold, cold_sample, [item_text.titles[i] for i in cold_sample])
     timings["total"] = round(clock() - started, 1)
 
-    reference = cold_first_reference(len(cold_ids))
-    header = ["model, cold-item codes", *[f"cold {m}" for m in METRICS], *[f"warm {m}" for m in METRICS],
-              *[f"all {m}" for m in METRICS], "cold share of top-10"]
-    rows = [[label, *[r["cold"].get(m) for m in METRICS], *[r["warm"].get(m) for m in METRICS],
-             *[r["all"].get(m) for m in METRICS], r["cold_share_top10"]] for label, r in results.items()]
-    rows.append(["reference: all cold items first, random order", *[reference.get(m) for m in METRICS],
-                 *[None] * (2 * len(METRICS)), min(1.0, len(cold_ids) / 10)])
-    print(f"\n## {name}: test interactions with a cold target ({n_cold}), a warm target ({n_warm}), all\n")
-    print(markdown_table(header, rows))
-    print("\n## STORE text <-> token\n")
-    print(markdown_table(["check", "value"], [[k, v] for k, v in skills.items()]))
-    print(markdown_table(["token -> text", "exact title", "word F1", "items"],
-                         [[k, v["exact_title"], v["word_f1"], v["n"]] for k, v in recon.items()]))
     payload = {
         "dataset": name, "source": args.dataset, "max_users": args.max_users, "cold_share": args.cold_share,
         "seed": args.seed, "n_cold_items": int(len(cold_ids)), "n_test_cold": n_cold, "n_test_warm": n_warm,
-        "budget_files": files, "overrides": {k: str(v) for k, v in overrides.items()},
+        "budget_files": [relative(f) for f in files], "overrides": {k: str(v) for k, v in overrides.items()},
         "llm_path": store_config["llm_path"], "semantic_ids": repr(table), "results": results,
-        "cold_first_reference": reference, "text_token_skills": skills, "reconstruction": recon, "cpu_seconds": timings, "machine": machine_info(),
+        "cold_first_reference": cold_first_reference(len(cold_ids)), "text_token_skills": skills,
+        "reconstruction": recon, "cpu_seconds": timings, "machine": machine_info(),
     }
-    write_result(Path(args.out) if args.out else RESULTS / f"cold_start_{args.dataset}.json", payload)
+    report = markdown_report(payload)
+    print("\n" + report)
+    out = Path(args.out) if args.out else RESULTS / f"cold_start_{args.dataset}.json"
+    write_result(out, payload)
+    out.with_suffix(".md").write_text(report)
     return 0
 
 
