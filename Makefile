@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # one torch thread on shared CPUs: 2 threads under contention run 2-5x slower (measured on 2 shared cores)
 THREADS ?= 1
-DEMO_MODELS ?= SASRec,TIGER
+DEMO_MODELS ?= Pop,SASRec,TIGER
 
 .PHONY: install demo test bench clean
 

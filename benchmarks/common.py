@@ -37,12 +37,20 @@ def synthetic_args(parser: argparse.ArgumentParser) -> None:
 
 
 def random_table(n_rows: int, levels: int, codes: int, seed: int) -> np.ndarray:
-    """Distinct uniformly random code tuples for items 1..n_rows-1; row 0 (padding) = -1."""
-    rng = np.random.default_rng(seed)
-    rows: set[tuple[int, ...]] = set()
-    while len(rows) < n_rows - 1:
-        rows.add(tuple(rng.integers(0, codes, levels).tolist()))
-    return np.concatenate([np.full((1, levels), -1), np.array(sorted(rows))]).astype(np.int64)
+    """Distinct uniformly random code tuples for items 1..n_rows-1; row 0 (padding) = -1.
+
+    Tuples are drawn as distinct integers below ``codes ** levels`` (vectorised: a million rows
+    take well under a second) and written in base ``codes``; sorting the integers sorts the
+    tuples, so item ids follow the lexicographic order of their codes.
+    """
+    if levels * np.log2(codes) > 62:
+        raise ValueError(f"{levels} levels of {codes} codes do not fit in int64; use fewer or smaller levels")
+    flat = np.sort(np.random.default_rng(seed).choice(codes**levels, size=n_rows - 1, replace=False))
+    table = np.empty((n_rows, levels), dtype=np.int64)
+    table[0] = -1
+    for level in range(levels):
+        table[1:, level] = (flat // codes ** (levels - 1 - level)) % codes
+    return table
 
 
 def build_synthetic(args: argparse.Namespace, workdir: Path, **config_overrides):

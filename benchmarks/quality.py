@@ -11,10 +11,11 @@ Rows
 ----
 Datasets with item text (ml-100k ships titles/genres)::
 
-    SASRec               RecBole's SASRec, CE loss
-    TIGER                item_tokenizer=RQVAE (RQ-VAE on text embeddings), tau 1.0
-    LETTER-TIGER         item_tokenizer=LETTER (RQ-VAE + CF + diversity), tau 1.0
-    LETTER-TIGER t0.7    the same tokenizer, ranking-guided loss tau 0.7
+    Pop                            RecBole's Pop (counts of training positives): the floor
+    SASRec                         RecBole's SASRec, CE loss
+    TIGER (RQ-VAE IDs, tau 1.0)    item_tokenizer=RQVAE (RQ-VAE on text embeddings): original TIGER
+    TIGER (LETTER IDs, tau 1.0)    item_tokenizer=LETTER (RQ-VAE + CF + diversity): LETTER-TIGER
+    TIGER (LETTER IDs, tau 0.7)    the same IDs, ranking-guided loss tau 0.7
 
 Datasets without item text (Instruments from ``../shared/data``: interactions, the LETTER paper's
 semantic IDs and 32-d SASRec item embeddings, no text) cannot fit a tokenizer from text, so the
@@ -30,8 +31,19 @@ per-epoch batch cap, so RecBole baselines get ``--baseline_epochs`` full epochs 
 ``--paper``: the file's ``epochs`` with early stopping). Each row reports the training sequences
 it saw and its wall time, so the budgets can be compared.
 
+Convergence (``--converge``)
+---------------------------
+``properties/quality_converge.yaml``: every row trains until valid NDCG@10 has not improved for
+``stopping_step`` (3) validations (TIGER: one validation per ``train_batches_per_epoch`` batches;
+SASRec: per full epoch), the best checkpoint is tested. Adds a row with the item-level encoder
+input (``encoder_input: items``). Writes ``quality_<dataset>_converge.json`` with every row's
+learning curve (valid NDCG@10 against training sequences seen) and ``..._converge.png``.
+``--jobs N`` runs N rows at once in separate processes (one torch thread each); the stage caches
+are shared and locked, so each tokenizer is still fitted once.
+
 Examples::
 
+    python benchmarks/quality.py --dataset=ml-100k --converge --jobs=2
     python benchmarks/quality.py --dataset=ml-100k
     python benchmarks/quality.py --dataset=Instruments --max_users=2000
     python benchmarks/quality.py --dataset=Instruments --paper            # GPU, paper scale
@@ -45,6 +57,7 @@ import hashlib
 import json
 import logging
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +72,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PROPERTIES = ROOT / "recbole_letter" / "properties"
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-BASELINES = ("SASRec",)  # RecBole models: no train_batches_per_epoch, epochs from --baseline_epochs
+BASELINES = ("Pop", "SASRec")  # RecBole models: no train_batches_per_epoch, epochs from --baseline_epochs
+# Pop counts the item column of its training batches; RecBole's default uniform negative would be
+# counted too (noise), so the floor row counts positives only. One epoch counts everything.
+POP_ROW = ("Pop", "Pop", {"train_neg_sample_args": None, "epochs": 1})
 
 LOGGER = logging.getLogger("recbole_letter.quality")
 
@@ -135,13 +151,18 @@ def approx_train_rows(data_dir: Path, dataset: str) -> int:
 
 
 def build_rows(dataset: str, data_dir: Path, args: argparse.Namespace) -> list[tuple[str, str, dict]]:
-    """(label, model, row-specific config) per row."""
-    rows: list[tuple[str, str, dict]] = [("SASRec", "SASRec", {})]
+    """(label, model, row-specific config) per row; Pop first, as the floor of every table."""
+    item_level = bool(getattr(args, "converge", False))
+    # --converge: the budget's learning rate is the generators'; SASRec keeps RecBole's default.
+    rows: list[tuple[str, str, dict]] = [POP_ROW, ("SASRec", "SASRec", {"learning_rate": 0.001} if item_level else {})]
     taus = [1.0, 0.7]
     if (data_dir / f"{dataset}.item").is_file() and not args.index:
-        rows.append(("TIGER", "TIGER", {"item_tokenizer": "RQVAE", "tau": 1.0}))
+        rows.append((tiger_label("RQ-VAE IDs", 1.0), "TIGER", {"item_tokenizer": "RQVAE", "tau": 1.0}))
         for tau in taus:
-            rows.append((_letter_label(tau), "TIGER", {"item_tokenizer": "LETTER", "tau": tau}))
+            rows.append((tiger_label("LETTER IDs", tau), "TIGER", {"item_tokenizer": "LETTER", "tau": tau}))
+        if item_level:
+            rows.append((tiger_label("LETTER IDs", 1.0, "item-level input"), "TIGER",
+                         {"item_tokenizer": "LETTER", "tau": 1.0, "encoder_input": "items"}))
         return rows
     index = Path(args.index) if args.index else letter_source(dataset) / f"{dataset}.index.json"
     if not index.is_file():
@@ -151,16 +172,28 @@ def build_rows(dataset: str, data_dir: Path, args: argparse.Namespace) -> list[t
         )
     if args.item_embedding_file:
         rows.append(
-            ("TIGER (RQVAE on CF emb.)", "TIGER",
+            (tiger_label("RQ-VAE IDs on CF emb.", 1.0), "TIGER",
              {"item_tokenizer": "RQVAE", "item_embedding_file": str(Path(args.item_embedding_file).resolve()), "tau": 1.0})
         )
     for tau in taus:
-        rows.append((_letter_label(tau) + " (published index)", "TIGER", {"item_tokenizer": str(index.resolve()), "tau": tau}))
+        rows.append((tiger_label("published LETTER IDs", tau), "TIGER", {"item_tokenizer": str(index.resolve()), "tau": tau}))
+    if item_level:
+        rows.append((tiger_label("published LETTER IDs", 1.0, "item-level input"), "TIGER",
+                     {"item_tokenizer": str(index.resolve()), "tau": 1.0, "encoder_input": "items"}))
     return rows
 
 
-def _letter_label(tau: float) -> str:
-    return "LETTER-TIGER" if tau == 1.0 else f"LETTER-TIGER t{tau:g}"
+def split_rows(spec: str) -> set[str]:
+    """``--rows`` labels: separated by ``;``, or by commas not followed by a space (labels such as
+    ``TIGER (LETTER IDs, tau 1.0)`` contain ", ")."""
+    parts = spec.split(";") if ";" in spec else re.split(r",(?! )", spec)
+    return {p.strip() for p in parts if p.strip()}
+
+
+def tiger_label(ids: str, tau: float, *extra: str) -> str:
+    """Row label naming the semantic IDs and tau, as ``TIGER.result_label`` does for plain runs
+    (``TIGER (LETTER IDs, tau 1.0)`` is LETTER-TIGER, ``TIGER (RQ-VAE IDs, tau 1.0)`` the original)."""
+    return f"TIGER ({', '.join([ids, f'tau {float(tau)!r}', *extra])})"
 
 
 # ---------------------------------------------------------------- reporting
@@ -225,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Any other --key=value is a RecBole config override for every row.")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--paper", action="store_true", help="paper-scale budget (properties/quality_paper.yaml); for a GPU")
+    p.add_argument("--converge", action="store_true",
+                   help="train every row until valid NDCG@10 stops improving (properties/quality_converge.yaml); "
+                        "learning curves + PNG")
+    p.add_argument("--jobs", type=int, default=1, help="rows run at once, each in its own process (one torch thread)")
     p.add_argument("--config_files", default=None, help="space-separated budget YAML files (default: quality_cpu.yaml)")
     p.add_argument("--baseline_epochs", type=int, default=None,
                    help="full epochs for RecBole baselines (default: 2 on the CPU budget, the file's epochs with --paper)")
@@ -233,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=None, help="semantic-ID index.json for the LETTER-TIGER rows (datasets without text)")
     p.add_argument("--item_embedding_file", default=None,
                    help="item embeddings .npy for a TIGER (RQVAE) row on a dataset without text")
-    p.add_argument("--rows", default=None, help="comma list of row labels to run (others kept from an earlier JSON with the same setup)")
+    p.add_argument("--rows", default=None,
+                   help="row labels to run, separated by ';' or ',' (others kept from an earlier JSON with the same setup)")
     p.add_argument("--data_path", default=None, help="where converted/subsampled atomic files go (default <checkpoint_dir>/datasets)")
     p.add_argument("--checkpoint_dir", default=str(ROOT / "saved"), help="checkpoints and stage caches")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/quality_<dataset>[_u<N>][_paper].json)")
@@ -246,12 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     from recbole_letter.atomic import write_json_atomic
     from recbole_letter.quick_start import run_recbole_letter
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = build_parser().parse_known_args(argv)
     overrides: dict[str, Any] = parse_overrides(extra)
-    budget_files = args.config_files.split() if args.config_files else [
-        str(PROPERTIES / ("quality_paper.yaml" if args.paper else "quality_cpu.yaml"))
-    ]
-    baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else (None if args.paper else 2)
+    if args.paper and args.converge:
+        raise SystemExit("--paper and --converge are two budgets; pick one")
+    budget = "quality_paper.yaml" if args.paper else "quality_converge.yaml" if args.converge else "quality_cpu.yaml"
+    budget_files = args.config_files.split() if args.config_files else [str(PROPERTIES / budget)]
+    full_budget = args.paper or args.converge
+    baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else (None if full_budget else 2)
     checkpoint_dir = Path(args.checkpoint_dir).resolve()
     data_root = Path(args.data_path).resolve() if args.data_path else checkpoint_dir / "datasets"
 
@@ -265,11 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         data_path = data_dir.parent
     base = {"checkpoint_dir": str(checkpoint_dir), "data_path": str(data_path), **overrides}
     rows = build_rows(args.dataset, data_dir, args)
-    wanted = {r.strip() for r in args.rows.split(",")} if args.rows else None
+    wanted = split_rows(args.rows) if args.rows else None
     if wanted and not wanted <= {label for label, _, _ in rows}:
         raise SystemExit(f"--rows: unknown {sorted(wanted - {l for l, _, _ in rows})}; rows are {[l for l, _, _ in rows]}")
 
-    suffix = (f"_u{args.max_users}" if args.max_users else "") + ("_paper" if args.paper else "")
+    suffix = (f"_u{args.max_users}" if args.max_users else "") + ("_paper" if args.paper else "") + (
+        "_converge" if args.converge else ""
+    )
     out = Path(args.out) if args.out else RESULTS / f"quality_{args.dataset}{suffix}.json"
     train_rows = approx_train_rows(data_dir, args.dataset)
     setup = {
@@ -296,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         "results": list(previous),
     }
     print(f"{len(rows)} rows on {args.dataset} ({train_rows} training sequences/epoch); results -> {out}", flush=True)
-    for label, model, row_cfg in rows:
-        if wanted and label not in wanted:
-            continue
+    todo = [row for row in rows if not wanted or row[0] in wanted]
+    if args.jobs > 1 and len(todo) > 1:
+        payload["results"] += run_rows_in_processes(todo, argv, out, args.jobs)
+        _finish(payload, out, write_json_atomic)
+        todo = []
+    for label, model, row_cfg in todo:
         cfg = {**base, **row_cfg}
         if model in BASELINES:
             cfg.pop("train_batches_per_epoch", None)
@@ -307,8 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {label}: {model} {row_cfg}", flush=True)
         started = time.perf_counter()
         record: dict[str, Any] = {"label": label, "model": model, "row_config": row_cfg}
+        per_epoch = _train_sequences({"epochs": 1}, cfg, budget_files, model, train_rows)
+        curve: list[dict[str, Any]] = []
+
+        def on_validation(epoch_idx: int, valid_score: float) -> None:
+            curve.append({"epoch": int(epoch_idx) + 1, "train_sequences": (int(epoch_idx) + 1) * per_epoch,
+                          "valid_ndcg@10": round(float(valid_score), 5)})
+
         try:
-            res = run_recbole_letter(model, args.dataset, budget_files, cfg, saved=True)
+            res = run_recbole_letter(model, args.dataset, budget_files, cfg, saved=True, epoch_callback=on_validation)
             record.update(res)
             record["train_sequences"] = _train_sequences(res, cfg, budget_files, model, train_rows)
             if model == "TIGER":
@@ -319,16 +372,87 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             LOGGER.error("row %s failed:\n%s", label, traceback.format_exc())
             record["error"] = f"{type(exc).__name__}: {exc}"
+        record["curve"] = curve
         record["wall_seconds"] = round(time.perf_counter() - started, 1)
         payload["results"].append(record)
-        payload["splits_identical"] = len({r["split"] for r in payload["results"] if "split" in r}) <= 1
-        payload["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-        write_json_atomic(payload, out)
+        _finish(payload, out, write_json_atomic)
         print(table(payload["results"]), flush=True)
+    if args.converge:
+        print(f"learning curves: {plot_curves(payload, out.with_suffix('.png'))}", flush=True)
     if not payload.get("splits_identical", True):
         print("WARNING: rows ran on different splits; they are not comparable", flush=True)
     print(f"\n## {args.dataset}{suffix}: test results\n\n{table(payload['results'])}\n\nresults written to {out}")
     return 1 if any(r.get("error") for r in payload["results"]) else 0
+
+
+def _finish(payload: dict[str, Any], out: Path, write_json_atomic) -> None:
+    payload["splits_identical"] = len({r["split"] for r in payload["results"] if "split" in r}) <= 1
+    payload["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    write_json_atomic(payload, out)
+
+
+def run_rows_in_processes(rows: list[tuple[str, str, dict]], argv: list[str], out: Path, jobs: int) -> list[dict]:
+    """Run each row as ``quality.py <same args> --rows=<label> --out=<part>``, ``jobs`` at a time;
+    returns the rows' records in ``rows`` order (a failed process becomes an error record)."""
+    parts = out.parent / f".{out.stem}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    base, skip = [], False
+    for arg in argv:  # drop --jobs/--rows/--out, written as --flag=value or --flag value
+        if skip:
+            skip = False
+        elif arg in ("--jobs", "--rows", "--out"):
+            skip = True
+        elif not arg.startswith(("--jobs=", "--rows=", "--out=")):
+            base.append(arg)
+    pending = [(i, label) for i, (label, _, _) in enumerate(rows)]
+    running: list[tuple[int, str, Path, subprocess.Popen]] = []
+    done: dict[int, dict] = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            i, label = pending.pop(0)
+            part = parts / f"row{i}.json"
+            part.unlink(missing_ok=True)
+            log = open(parts / f"row{i}.log", "w")
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, f"--rows={label}", f"--out={part}"]
+            print(f"started row {label!r} -> {part} (log {log.name})", flush=True)
+            running.append((i, label, part, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for entry in list(running):
+            i, label, part, proc = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            found = json.loads(part.read_text())["results"] if part.is_file() else []
+            done[i] = found[0] if found else {"label": label, "model": rows[i][1], "row_config": rows[i][2],
+                                              "error": f"row process exited with {proc.returncode}; see {parts / f'row{i}.log'}"}
+            print(f"finished row {label!r}", flush=True)
+    return [done[i] for i in sorted(done)]
+
+
+def plot_curves(payload: dict[str, Any], path: Path) -> Path:
+    """Valid NDCG@10 against training sequences seen, one line per row (Pop: a flat line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in payload["results"]:
+        curve = row.get("curve") or []
+        if row.get("model") == "Pop" and row.get("best_valid_score") is not None:
+            ax.axhline(row["best_valid_score"], color="grey", linestyle="--", label="Pop")
+        elif curve:
+            ax.plot([p["train_sequences"] for p in curve], [p["valid_ndcg@10"] for p in curve], marker=".", label=row["label"])
+    ax.set_xlabel("training sequences seen")
+    ax.set_ylabel("valid NDCG@10")
+    ax.set_title(f"{payload['setup']['dataset']}: training until valid NDCG@10 stops improving")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _budget_keys(files: list[str]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,7 +36,8 @@ import torch
 import yaml
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_letter.atomic import write_json_atomic, write_text_atomic
+from common import RESULTS, clock, machine_info, random_table, write_result
+from recbole_letter.atomic import write_text_atomic
 from recbole_letter.config import PROPERTIES_DIR
 from recbole_letter.generation.beam_search import constrained_beam_search, scatter_scores
 from recbole_letter.generation.causal_lm_stepper import CausalLMBeamStepper
@@ -46,23 +46,11 @@ from recbole_letter.generation.t5_stepper import T5BeamStepper
 from recbole_letter.llm.backbone import load_backbone
 from recbole_letter.llm.batching import PromptBatch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 N_SPECIAL = 2  # TIGER's token layout: 0 = pad / decoder start, 1 = eos, then the code tokens
 MB = 2**20
 
 
 # ------------------------------------------------------------------ inputs
-def code_table(n_items: int, levels: int, codes: int, seed: int) -> np.ndarray:
-    """``[n_items + 1, levels]`` distinct uniformly random code tuples, row 0 = padding (-1)."""
-    rng = np.random.default_rng(seed)
-    flat = rng.choice(codes**levels, size=n_items, replace=False)
-    table = np.empty((n_items + 1, levels), dtype=np.int64)
-    table[0] = -1
-    for level in range(levels):
-        table[1:, level] = (flat // codes ** (levels - 1 - level)) % codes
-    return table
-
-
 def histories(table: np.ndarray, users: int, length: int, offsets: list[int], seed: int) -> torch.Tensor:
     """``[users, length * levels]`` encoder tokens of uniformly drawn item histories."""
     rng = np.random.default_rng(seed + 1)
@@ -135,21 +123,21 @@ def best_cpu_seconds(run, repeats: int) -> tuple[float, Any]:
     """Fastest of ``repeats`` runs in process CPU seconds (one thread: time on a dedicated core)."""
     best, out = float("inf"), None
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         out = run()
-        best = min(best, time.process_time() - start)
+        best = min(best, clock() - start)
     return best, out
 
 
 # ------------------------------------------------------------------ workers (one process each)
 def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
     """Build one layout's index and time the index-only, TIGER and LLM decodes."""
-    table = code_table(spec["items"], spec["levels"], spec["codes"], spec["seed"])
+    table = random_table(spec["items"] + 1, spec["levels"], spec["codes"], spec["seed"])
     rss_before = rss_mb()
     out_base = {"rss_before_index_mb": rss_before}
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), clock()
     index = PrefixIndex(table, layout=spec["layout"])
-    build_wall, build_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    build_wall, build_cpu = time.perf_counter() - wall, clock() - cpu
     out: dict[str, Any] = {
         **out_base,
         "index_build_s": build_wall,
@@ -159,6 +147,7 @@ def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
         "n_prefixes": index.n_prefixes,
         "level_sizes": index.level_sizes,
         "widths": [index.width(level) for level in range(index.n_levels)],
+        "layouts": index.layouts,
     }
     offsets = [N_SPECIAL + sum(index.level_sizes[:level]) for level in range(index.n_levels)]
     vocab = N_SPECIAL + sum(index.level_sizes)
@@ -218,7 +207,7 @@ def worker_layout(spec: dict[str, Any]) -> dict[str, Any]:
 
 def worker_hf(spec: dict[str, Any]) -> dict[str, Any]:
     """HF ``generate`` constrained by a dict trie (the released code's decoding) on the same users."""
-    table = code_table(spec["items"], spec["levels"], spec["codes"], spec["seed"])
+    table = random_table(spec["items"] + 1, spec["levels"], spec["codes"], spec["seed"])
     sizes = [int(s) + 1 for s in table[1:].max(axis=0)]
     offsets = [N_SPECIAL + sum(sizes[:level]) for level in range(len(sizes))]
     rss_before = rss_mb()
@@ -341,6 +330,54 @@ def fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def slot_cost_ratio(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Sparse / dense time of the index alone on full tries, where both score the same slots.
+
+    Every prefix has every code as a child, so the widths are equal and the ratio is the cost
+    of a sparse slot relative to a dense one: the ``SPARSE_SLOT_COST`` that ``auto`` uses.
+    """
+    out = []
+    for levels, codes in ((3, 16), (2, 64), (2, 256)):
+        n = codes**levels
+        table = np.concatenate([np.full((1, levels), -1), np.indices((codes,) * levels).reshape(levels, -1).T])
+        seconds = {}
+        for layout in ("dense", "sparse"):
+            index = PrefixIndex(table, layout=layout)
+            offsets = [N_SPECIAL + codes * level for level in range(levels)]
+            fixed = FixedStepper(args.batch, args.beam, N_SPECIAL + codes * levels, args.seed)
+            constrained_beam_search(fixed, index, offsets, args.beam)
+            seconds[layout], _ = best_cpu_seconds(
+                lambda: [constrained_beam_search(fixed, index, offsets, args.beam) for _ in range(20)], 3
+            )
+        out.append({"trie": f"full {levels}x{codes} ({n:,} items)", "sparse_over_dense": seconds["sparse"] / seconds["dense"]})
+    return out
+
+
+def scaling_ratios(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[str, Any]]:
+    """Per shape and layout: 1M-item figures and users/s at 1M over users/s at 10k (same run)."""
+    ratios = []
+    for shape in shapes:
+        for layout in ("sparse", "auto"):
+            at = {r["items"]: r for r in rows if r["shape"] == shape and r["method"] == layout}
+            small, large = at.get(10_000, {}), at.get(1_000_000, {})
+            ratio: dict[str, Any] = {"shape": shape, "layout": layout}
+            for key in ("tiger_users_per_s", "tiger_fullsort_users_per_s", "llm_users_per_s"):
+                if key in small and key in large:
+                    ratio[f"{key}_1m_over_10k"] = large[key] / small[key]
+            if "index_mb" in large:
+                ratio.update(index_mb_1m=large["index_mb"], build_s_1m=large["index_build_s"],
+                             peak_rss_mb_1m=large["peak_rss_mb"], layouts_1m=large["layouts"])
+            ratios.append(ratio)
+    return ratios
+
+
+def method_name(row: dict[str, Any]) -> str:
+    """``auto`` rows say which layout each level got (d = dense, s = sparse)."""
+    if row["method"] == "auto" and row.get("layouts"):
+        return "auto (" + "".join(kind[0] for kind in row["layouts"]) + ")"
+    return row["method"]
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
@@ -360,10 +397,10 @@ def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], setup: di
     for r in rows:
         if "error" in r or "skipped" in r:
             reason = r.get("skipped") or r["error"]
-            lines.append(f"| {r['shape']} | {r['items']:,} | {r['method']} | {reason} ||||||||")
+            lines.append(f"| {r['shape']} | {r['items']:,} | {r['method']} | {reason} | | | | | | | |")
             continue
         lines.append(
-            f"| {r['shape']} | {r['items']:,} | {r['method']} | {fmt(r.get('build_s'), '.2f')} "
+            f"| {r['shape']} | {r['items']:,} | {method_name(r)} | {fmt(r.get('build_s'), '.2f')} "
             f"| {fmt(r.get('memory_mb'))} | {fmt(r.get('peak_rss_mb'), '.0f')} "
             f"| {fmt(r.get('index_only_users_per_s'), '.0f')} | {fmt(r.get('tiger_decode_users_per_s'))} "
             f"| {fmt(r.get('tiger_fullsort_users_per_s'))} | {fmt(r.get('llm_decode_users_per_s'))} "
@@ -371,38 +408,55 @@ def markdown(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], setup: di
         )
     lines += [
         "",
-        "| codes | sparse index MB at 1M | build s at 1M | TIGER users/s 1M / 10k | with scores 1M / 10k "
-        "| LLM users/s 1M / 10k |",
-        "|---|---|---|---|---|---|",
+        "1M items against 10k items, same run (users/s ratio; >= 0.5 means within 2x):",
+        "",
+        "| codes | layout | layouts per level at 1M | index MB at 1M | build s at 1M | peak RSS MB at 1M "
+        "| TIGER | TIGER + scores | LLM |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for q in ratios:
         lines.append(
-            f"| {q['shape']} | {fmt(q.get('index_mb_1m'))} | {fmt(q.get('build_s_1m'), '.2f')} "
-            f"| {fmt(q.get('tiger_1m_over_10k'), '.2f')} | {fmt(q.get('fullsort_1m_over_10k'), '.2f')} "
-            f"| {fmt(q.get('llm_1m_over_10k'), '.2f')} |"
+            f"| {q['shape']} | {q['layout']} | {', '.join(q.get('layouts_1m', [])) or '-'} "
+            f"| {fmt(q.get('index_mb_1m'))} | {fmt(q.get('build_s_1m'), '.2f')} | {fmt(q.get('peak_rss_mb_1m'), '.0f')} "
+            f"| {fmt(q.get('tiger_users_per_s_1m_over_10k'), '.2f')} "
+            f"| {fmt(q.get('tiger_fullsort_users_per_s_1m_over_10k'), '.2f')} "
+            f"| {fmt(q.get('llm_users_per_s_1m_over_10k'), '.2f')} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Log-log: items vs decode users/s (left) and vs index / trie memory (right).
+
+    Line style = method, colour = model (left) or code shape (right), marker = code shape;
+    hollow markers are dense-table sizes that were estimated, not built.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.6))
-    methods = (("sparse", "-"), ("dense", "--"), ("HF generate + trie", ":"))
-    for shape, marker in (("4x256", "o"), ("3x1024", "s")):
-        for method, style in methods:
+    styles = {"sparse": "-", "auto": "-.", "dense": "--", "HF generate + trie": ":"}
+    markers = {"4x256": "o", "3x1024": "s"}
+    models = {"tiger_decode_users_per_s": ("TIGER (T5)", "C0"), "llm_decode_users_per_s": ("tiny Llama", "C1")}
+    shape_colours = {"4x256": "C2", "3x1024": "C3"}
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 5))
+    for shape, marker in markers.items():
+        for method, style in styles.items():
             mine = [r for r in rows if r["shape"] == shape and r["method"] == method]
-            for key, model, colour in (("tiger_decode_users_per_s", "TIGER", "C0"), ("llm_decode_users_per_s", "LLM", "C1")):
+            for key, (_, colour) in models.items():
                 pts = [(r["items"], r[key]) for r in mine if r.get(key)]
                 if pts:
-                    speed.plot(*zip(*pts), style, marker=marker, color=colour, label=f"{model}, {method}, {shape}")
-            pts = [(r["items"], r["memory_mb"]) for r in mine if r.get("memory_mb")]
-            if pts:
-                memory.plot(*zip(*pts), style, marker=marker, color="C2" if shape == "4x256" else "C3",
-                            label=f"{method}, {shape}")
+                    speed.plot(*zip(*pts), style, marker=marker, color=colour)
+            built = [(r["items"], r["memory_mb"]) for r in mine if r.get("memory_mb") and "skipped" not in r]
+            guessed = [(r["items"], r["memory_mb"]) for r in mine if r.get("memory_mb") and "skipped" in r]
+            colour = shape_colours[shape]
+            if built:
+                memory.plot(*zip(*built), style, marker=marker, color=colour)
+            if guessed:
+                memory.plot(*zip(*(built[-1:] + guessed)), style, color=colour)
+                memory.plot(*zip(*guessed), marker, color=colour, markerfacecolor="none")
     for ax, label in ((speed, "decode, users per CPU-second"), (memory, "index / trie memory, MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -411,9 +465,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     memory.axhline(200, color="grey", lw=0.8)
     memory.text(1e3, 230, "200 MB target", color="grey", fontsize=8)
-    speed.legend(fontsize=7)
-    memory.legend(fontsize=7)
-    fig.suptitle("Constrained beam search vs catalogue size (dense estimates shown where not built)")
+    method_keys = [Line2D([], [], color="k", ls=style, label=method) for method, style in styles.items()]
+    shape_keys = [Line2D([], [], color="k", ls="", marker=m, label=f"{shape} codes") for shape, m in markers.items()]
+    model_keys = [Line2D([], [], color=c, label=name) for name, c in models.values()]
+    speed.legend(handles=method_keys + model_keys + shape_keys, fontsize=7, ncol=3, loc="lower center")
+    memory.legend(handles=method_keys + [Line2D([], [], color=c, marker=markers[s], label=f"{s} codes")
+                                         for s, c in shape_colours.items()], fontsize=7, loc="upper left")
+    speed.set_ylim(bottom=1)
+    fig.suptitle("Constrained beam search vs catalogue size (hollow markers: dense tables estimated, not built)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -446,16 +505,13 @@ def main() -> None:
 
     common = {k: getattr(args, k) for k in ("users", "batch", "beam", "history", "repeats", "threads", "seed")}
     rows: list[dict[str, Any]] = []
-    ratios: list[dict[str, Any]] = []
     for shape in args.shapes:
         levels, codes = (int(x) for x in shape.split("x"))
-        by_size: dict[int, dict[str, Any]] = {}
         for items in args.sizes:
             base = {"shape": shape, "items": items}
             spec = {**common, "items": items, "levels": levels, "codes": codes}
             sparse = run_worker({**spec, "layout": "sparse"}, args.timeout)
-            by_size[items] = sparse
-            runs = [("sparse", sparse)]
+            runs = [("sparse", sparse), ("auto", run_worker({**spec, "layout": "auto"}, args.timeout))]
             estimate = (
                 dense_bytes_estimate(sparse["n_prefixes"], sparse["level_sizes"]) / MB
                 if "n_prefixes" in sparse
@@ -472,33 +528,26 @@ def main() -> None:
                 rows.append(table_row(base, method, result, sparse))
                 print(f"{shape} {items:>9,} {method:<20} "
                       f"{ {k: v for k, v in rows[-1].items() if k not in ('shape', 'items', 'method')} }", flush=True)
-        small, large = by_size.get(10_000, {}), by_size.get(1_000_000, {})
-        ratio = {"shape": shape}
-        if "tiger_users_per_s" in small and "tiger_users_per_s" in large:
-            ratio["tiger_1m_over_10k"] = large["tiger_users_per_s"] / small["tiger_users_per_s"]
-            ratio["fullsort_1m_over_10k"] = large["tiger_fullsort_users_per_s"] / small["tiger_fullsort_users_per_s"]
-            ratio["llm_1m_over_10k"] = large["llm_users_per_s"] / small["llm_users_per_s"]
-        if "index_mb" in large:
-            ratio["index_mb_1m"] = large["index_mb"]
-            ratio["build_s_1m"] = large["index_build_s"]
-        ratios.append(ratio)
+    ratios = scaling_ratios(rows, args.shapes)
+    slot_costs = slot_cost_ratio(args)
 
     setup = {
         **vars(args),
         "timing": "process CPU seconds per worker (1 thread), best of repeats; build time is wall clock",
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        **machine_info(),
         "cpus": os.cpu_count(),
     }
     setup.pop("worker")
     RESULTS.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, ratios, setup)
+    table += "\nIndex alone on full tries (equal widths), sparse time / dense time: " + ", ".join(
+        f"{c['trie']}: {c['sparse_over_dense']:.2f}" for c in slot_costs
+    ) + " (prefix_index.SPARSE_SLOT_COST summarises these).\n"
     print("\n" + table)
-    write_json_atomic({"setup": setup, "results": rows, "ratios": ratios}, RESULTS / f"{args.name}.json",
-                      default=None, trailing_newline=True)
+    write_result(RESULTS / f"{args.name}.json", {"setup": setup, "results": rows, "ratios": ratios, "slot_cost": slot_costs})
     write_text_atomic(RESULTS / f"{args.name}.md", table)
     plot(rows, RESULTS / f"{args.name}.png")
-    print(f"wrote {RESULTS / args.name}.json, .md, .png")
+    print(f"wrote {RESULTS / args.name}.md, .png")
 
 
 if __name__ == "__main__":

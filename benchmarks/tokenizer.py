@@ -6,13 +6,22 @@ embeddings trained on the training split (``saved/stages/...``, computed once). 
 are then fitted with the same config (``properties/model/LETTER.yaml``; RQVAE = alpha = beta = 0),
 seed(s) and epochs, and each gets the same collision resolution and report.
 
-Columns: utilisation / normalised entropy / Gini of code usage per level (after collision
-resolution; Gini 0 = even), collisions before and after resolution, CF-neighbour agreement
+Rows: per level, codes used, utilisation, entropy (bits and normalised) and Gini of code usage
+(after collision resolution; Gini over all codes of the level, unused ones as 0; 0 = even),
+collisions before and after resolution, explained variance of the text embeddings by the
+decoded IDs, CF-neighbour agreement
 (share of each item's 10 nearest LightGCN neighbours with the same first-level code) and its
 *lift* over chance. Chance is the probability that two random items share a first-level code,
 ``sum_c n_c (n_c - 1) / (n (n - 1))``: raw agreement rewards collapse (one code for every item
 gives 1.0), so a tokenizer only aligns with CF if its lift is above 1 as well. Fit time is wall
 and CPU seconds of ``fit_tokenizer`` (k-means init, training, final assignment).
+
+The LETTER authors' published indices (``--shared_data``: Instruments with their 32-d SASRec
+CF embeddings, Yelp without CF) get their own columns from the same report
+(:func:`recbole_letter.tokenization.report.index_report`), so ours can be read against theirs.
+A checklist at the end tests issue 12's targets (levels 2..L: >= 95% of codes used, on ml-100k
+90% of ``min(K, items)``; >= 7.5 bits; Gini <= 0.35; lift >= LETTER's before issue 12;
+collisions <= RQVAE's; explained variance within 5 points of RQVAE's).
 
 Prints a markdown table (mean, and +- std over seeds when several) and writes
 ``benchmarks/results/tokenizer_<dataset>.json``.
@@ -37,6 +46,7 @@ import recbole_letter  # noqa: F401  (RecBole shims first)
 from common import RESULTS, machine_info, warm_up_tokenizer_fit, write_result
 from recbole.data import create_dataset
 
+from recbole_letter.data.item_matrix import load_item_matrix
 from recbole_letter.quick_start import build_config
 from recbole_letter.stages.cf_embeddings import item_cf_embeddings
 from recbole_letter.stages.item_tokenizer import (
@@ -48,12 +58,21 @@ from recbole_letter.stages.item_tokenizer import (
 )
 from recbole_letter.stages.text_embeddings import item_text_embeddings
 from recbole_letter.tokenization.fit import fit_tokenizer
+from recbole_letter.tokenization.report import index_report
 from recbole_letter.tokenization.semantic_ids import make_unique
+
 # RecBole's LightGCN propagates the whole user-item graph for every batch: at its default batch of
 # 2048, an ml-1m epoch is 483 propagations = ~185 CPU-s (measured), i.e. hours for a usable number
 # of epochs on a shared CPU. 16x larger batches with a 10x learning rate train in ~12 CPU-s/epoch.
 CF_CONFIG = "{train_batch_size: 32768, learning_rate: 0.01}"
 METHODS = ("RQVAE", "LETTER")
+# LETTER's CF-agreement lift before issue 12 (3-seed means, benchmarks/results/tokenizer_<ds>_pre12.json):
+# the fix for deeper-level collapse must not lose CF alignment.
+LIFT_BEFORE = {"ml-1m": 51.07, "ml-100k": 27.80}
+PUBLISHED = {  # column name -> (index file, CF embeddings file or None), under --shared_data
+    "published Instruments": ("Instruments/Instruments.index.json", "Instruments/Instruments-32d-sasrec.npy"),
+    "published Yelp": ("Yelp/Yelp.index.json", None),
+}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -100,17 +119,35 @@ def fit_one(config, dataset, method: str, emb: np.ndarray, cf_raw: np.ndarray, e
     report["final_recon_loss"] = result.history["recon"][-1] if result.history["recon"] else float("nan")
     report["fit_seconds"] = wall
     report["fit_cpu_seconds"] = cpu
+    report["explained_variance"] = result.explained_variance
     return report
 
 
+def published_reports(shared: Path) -> dict[str, dict[str, float]]:
+    """Report of each published LETTER index found under ``shared`` (same definitions as ours)."""
+    import json
+
+    out: dict[str, dict[str, float]] = {}
+    for name, (index_file, cf_file) in PUBLISHED.items():
+        index = shared / index_file
+        if not index.is_file():
+            print(f"{name}: {index} not found, column skipped", flush=True)
+            continue
+        tokens = list(json.loads(index.read_text(encoding="utf-8")))
+        cf = load_item_matrix(shared / cf_file, tokens, "cf_embedding_file") if cf_file else None
+        out[name] = index_report(index, None, cf, tokens)
+    return out
+
+
 ROW_ORDER = [
-    "utilisation@L{l}", "entropy@L{l}", "gini@L{l}",
+    "used@L{l}", "utilisation@L{l}", "entropy_bits@L{l}", "entropy@L{l}", "gini@L{l}",
 ]
 SCALARS = [
-    "collision_rate_before", "collisions_before", "collisions_after", "extra_level_items",
-    "cf_neighbour_agreement", "cf_agreement_chance", "cf_agreement_lift",
+    "n_items", "collision_rate_before", "collisions_before", "collisions_after", "extra_level_items",
+    "cf_neighbour_agreement", "cf_agreement_chance", "cf_agreement_lift", "explained_variance",
     "final_recon_loss", "restarted_codes", "fit_seconds", "fit_cpu_seconds",
 ]
+COUNTS = {"n_items", "collisions_before", "collisions_after", "extra_level_items", "restarted_codes"}
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -124,43 +161,73 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, di
     return out
 
 
-def markdown(summary: dict[str, dict[str, dict[str, float]]], n_levels: int, n_seeds: int) -> str:
+def markdown(summary: dict[str, dict[str, dict[str, float]]], n_levels: int, n_seeds: int,
+             published: dict[str, dict[str, float]] | None = None) -> str:
+    """One row per metric: our methods (mean +- std over seeds), then the published indices."""
     methods = list(summary)
+    published = published or {}
     keys = [k.format(l=lvl) for lvl in range(1, n_levels + 1) for k in ROW_ORDER] + SCALARS
 
-    def cell(stat: dict[str, float], key: str) -> str:
-        mean, std = stat["mean"], stat["std"]
-        if key in {"collisions_before", "collisions_after", "extra_level_items", "restarted_codes"}:
-            text = f"{mean:.0f}" if n_seeds == 1 else f"{mean:.1f}"
-        elif key.startswith("fit_"):
-            text = f"{mean:.1f}"
-        elif key == "final_recon_loss":
-            text = f"{mean:.2e}"
-        else:
-            text = f"{mean:.4f}"
-        return text + (f" ± {std:.4f}" if n_seeds > 1 and not key.startswith("fit_") and "collisions" not in key
-                       and key not in {"final_recon_loss", "restarted_codes", "extra_level_items"} else "")
+    def text(key: str, mean: float) -> str:
+        if np.isnan(mean):
+            return "n/a"
+        if key in COUNTS or key.startswith("used@"):
+            return f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
+        if key.startswith("fit_"):
+            return f"{mean:.1f}"
+        if key == "final_recon_loss":
+            return f"{mean:.2e}"
+        return f"{mean:.4f}"
 
-    lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    def cell(stat: dict[str, float], key: str) -> str:
+        with_std = n_seeds > 1 and not key.startswith("fit_") and key not in COUNTS and key != "final_recon_loss" \
+            and not key.startswith("used@")
+        return text(key, stat["mean"]) + (f" ± {stat['std']:.4f}" if with_std else "")
+
+    header = methods + list(published)
+    lines = ["| metric | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for key in keys:
         if key not in summary[methods[0]]:
             continue
-        lines.append(f"| {key} | " + " | ".join(cell(summary[m][key], key) for m in methods) + " |")
+        cells = [cell(summary[m][key], key) for m in methods]
+        cells += [text(key, float(rep.get(key, float("nan")))) for rep in published.values()]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def verdict(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
-    """The paper's two claims, checked on these numbers."""
+def verdict(summary: dict[str, dict[str, dict[str, float]]], dataset: str, n_items: int) -> list[str]:
+    """The paper's claims and issue 12's targets, checked on these numbers (means over seeds)."""
     r, t = summary["RQVAE"], summary["LETTER"]
-    checks = [
+    mean = {m: {k: v["mean"] for k, v in summary[m].items()} for m in summary}
+    n_levels = sum(1 for k in t if k.startswith("gini@L"))
+    mean_gini = {m: np.mean([mean[m][f"gini@L{l}"] for l in range(1, n_levels + 1)]) for m in summary}
+    lines = [f"- LETTER vs RQVAE: {name}: {'yes' if ok else 'NO'}" for name, ok in [
         ("CF-neighbour agreement higher", t["cf_neighbour_agreement"]["mean"] > r["cf_neighbour_agreement"]["mean"]),
         ("CF agreement lift over chance higher", t["cf_agreement_lift"]["mean"] > r["cf_agreement_lift"]["mean"]),
         ("Gini@L1 lower", t["gini@L1"]["mean"] < r["gini@L1"]["mean"]),
-    ]
-    n_levels = sum(1 for k in t if k.startswith("gini@L"))
-    mean_gini = {m: np.mean([summary[m][f"gini@L{l}"]["mean"] for l in range(1, n_levels + 1)]) for m in summary}
-    checks.append(("mean Gini over levels lower", mean_gini["LETTER"] < mean_gini["RQVAE"]))
-    return [f"- LETTER vs RQVAE: {name}: {'yes' if ok else 'NO'}" for name, ok in checks]
+        ("mean Gini over levels lower", mean_gini["LETTER"] < mean_gini["RQVAE"]),
+    ]]
+    m = mean["LETTER"]
+    for lvl in range(2, n_levels + 1):
+        k = m[f"codes@L{lvl}"]
+        floor = 0.90 * min(k, n_items) if dataset == "ml-100k" else 0.95 * k  # issue 12's two floors
+        lines.append(
+            f"- issue 12, LETTER L{lvl}: used {m[f'used@L{lvl}']:.1f} >= {floor:.1f}: "
+            f"{'yes' if m[f'used@L{lvl}'] >= floor else 'NO'}; entropy {m[f'entropy_bits@L{lvl}']:.2f} >= 7.5 bits: "
+            f"{'yes' if m[f'entropy_bits@L{lvl}'] >= 7.5 else 'NO'}; Gini {m[f'gini@L{lvl}']:.3f} <= 0.35: "
+            f"{'yes' if m[f'gini@L{lvl}'] <= 0.35 else 'NO'}"
+        )
+    before = LIFT_BEFORE.get(dataset)
+    if before is not None:
+        lines.append(f"- issue 12: LETTER lift {m['cf_agreement_lift']:.2f} >= {before:.2f} (before issue 12): "
+                     f"{'yes' if m['cf_agreement_lift'] >= before else 'NO'}")
+    lines.append(f"- issue 12: collisions before resolution {m['collisions_before']:.1f} <= RQVAE's "
+                 f"{mean['RQVAE']['collisions_before']:.1f}: "
+                 f"{'yes' if m['collisions_before'] <= mean['RQVAE']['collisions_before'] else 'NO'}")
+    ev_t, ev_r = m["explained_variance"], mean["RQVAE"]["explained_variance"]
+    lines.append(f"- issue 12: explained variance {ev_t:.3f} within 5 points of RQVAE's {ev_r:.3f}: "
+                 f"{'yes' if ev_t >= ev_r - 0.05 else 'NO'}")
+    return lines
 
 
 def main() -> None:
@@ -175,7 +242,10 @@ def main() -> None:
                         help="override a config key for both tokenizers (e.g. restart_dead_codes_every=0)")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. 'before')")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 where the CPU is shared)")
-    parser.add_argument("--cache_dir", type=Path, default=Path(__file__).resolve().parents[1] / "saved", help="stage cache root (checkpoint_dir)")
+    repo = Path(__file__).resolve().parents[1]
+    parser.add_argument("--cache_dir", type=Path, default=repo / "saved", help="stage cache root (checkpoint_dir)")
+    parser.add_argument("--shared_data", type=Path, default=repo.parent / "shared" / "data",
+                        help="folder with the LETTER authors' published indices (Instruments/, Yelp/); missing = no columns")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warm_up_tokenizer_fit()
@@ -195,8 +265,9 @@ def main() -> None:
 
     summary = summarise(runs)
     n_levels = tokenizer_config_from(config, "LETTER").num_levels
-    table = markdown(summary, n_levels, len(args.seeds))
-    lines = verdict(summary)
+    published = published_reports(args.shared_data)
+    table = markdown(summary, n_levels, len(args.seeds), published)
+    lines = verdict(summary, args.dataset, int(emb.shape[0]))
     title = (f"## Tokenizer quality on {args.dataset}: {emb.shape[0]} items, MiniLM {emb.shape[1]}-d text, "
              f"LightGCN {cf.shape[1]}-d CF ({args.cf_epochs} epochs, {cf_config}), {args.epochs} tokenizer epochs, "
              f"seeds {args.seeds}" + (f", overrides {overrides}" if overrides else ""))
@@ -217,6 +288,7 @@ def main() -> None:
         "tokenizer_config": {m: vars(tokenizer_config_from(config, m)) | {"epochs": args.epochs} for m in METHODS},
         "summary": summary,
         "runs": runs,
+        "published": published,
         "verdict": lines,
         "machine": machine_info(),
     }

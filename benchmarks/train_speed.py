@@ -1,30 +1,47 @@
-"""Training speed: our TIGER vs a plain ``T5ForConditionalGeneration`` with a 32k text vocabulary.
+"""TIGER training speed at the paper's shape, and the loss curve check that the fast path is the
+same training.
 
-Text-token implementations of TIGER / LETTER add the semantic-ID tokens to a T5 tokenizer, so
-the softmax, the tied embedding and its AdamW update span ~32k rows. Ours has one row per code
-(4 x 256 + 2 here) and no eos target. Same T5 shape (properties/model/TIGER.yaml), same
-batches (batch 256, history 20 items = 80 tokens), one AdamW step per batch, dropout on.
-Prints a markdown table and writes ``benchmarks/results/train_speed.json``.
+Rows (same T5 shape, properties/model/TIGER.yaml: 4+4 layers, d_model 128, 6 heads x 64,
+d_ff 1024; same batches: 256 sequences, history 20 items x 4 codes = 80 encoder tokens; one
+AdamW step per batch, dropout 0.1 on; one thread; training sequences per CPU-second):
 
-    python benchmarks/train_speed.py           # ~2-4 min on one CPU thread
+* ``HF forward (before)``: ``T5ForConditionalGeneration.forward`` as TIGER called it before
+  ``generation/t5_fast.py`` (decoder cache on, SDPA math path, ``nn.Dropout``), vocabulary softmax;
+* ``fast forward, fp32``: :func:`recbole_letter.generation.t5_fast.t5_logits`, same loss
+  (the speed of the forward/backward alone);
+* ``fast forward, fp32, trie softmax``: what ``TIGER.calculate_loss`` runs by default;
+* ``fast forward, bf16 autocast``: ``bf16_autocast: True`` (opt-in: changes the numbers);
+* ``item-level encoder input``: ``encoder_input: items`` (20 encoder positions instead of 80;
+  a different architecture, reported for the departure's cost/benefit);
+* ``T5ForConditionalGeneration, 32128 vocab``: a text-token TIGER (HF loss on code tokens + eos).
+
+Loss curves: the before/fast-fp32 (and bf16) forwards train copies of one initial model on the
+same batches, (a) with dropout off, where they must agree to float rounding, and (b) with dropout
+0.1, where their dropout masks differ, so the curves must agree within the spread that dropout
+alone causes (measured by a second HF run with another dropout seed).
+
+    python benchmarks/train_speed.py           # ~10 CPU-minutes on one thread
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from common import RESULTS, build_synthetic, clock, synthetic_args, write_result
+from common import RESULTS, build_synthetic, clock, machine_info, synthetic_args, write_result
 
+from recbole_letter.generation.losses import ranking_guided_loss
 from recbole_letter.model.tiger import EOS_TOKEN, TIGER
 
 TEXT_VOCAB = 32128  # t5-small's vocabulary size
+BEFORE = "HF forward (before)"
 
 
 def text_vocab_t5(model: TIGER) -> T5ForConditionalGeneration:
@@ -34,24 +51,66 @@ def text_vocab_t5(model: TIGER) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(T5Config(**cfg))
 
 
-def step_ours(model: TIGER, optimizer, batch) -> float:
-    loss = model.calculate_loss(batch)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+def configure(model: TIGER, fast: bool, bf16: bool = False, softmax: str = "vocab", encoder_input: str = "codes") -> TIGER:
+    """Switch the options ``TIGER.forward`` / ``calculate_loss`` read at call time."""
+    model.fast_t5_forward, model.bf16_autocast = fast, bf16
+    model.code_softmax, model.encoder_input = softmax, encoder_input
+    model.renormalize_codes = softmax == "trie"
+    return model
 
 
-def step_text_vocab(model: TIGER, t5: T5ForConditionalGeneration, optimizer, batch) -> float:
+def loss_before(model: TIGER, batch) -> torch.Tensor:
+    """TIGER's loss as computed before t5_fast: HF forward with its default decoder cache."""
+    input_ids, attention_mask = model.encoder_inputs(batch)
+    items = batch[model.POS_ITEM_ID]
+    target, decoder_input_ids = model.target_tokens(items)
+    logits = model.t5(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    return ranking_guided_loss(logits, target, model.tau)
+
+
+def loss_text_vocab(model: TIGER, t5: T5ForConditionalGeneration, batch) -> torch.Tensor:
     """HF's own loss on code tokens + eos, as a text-token TIGER would train."""
     input_ids, attention_mask = model.encoder_inputs(batch)
     target = model.item_tokens[batch[model.POS_ITEM_ID]]
     labels = torch.cat([target, torch.full_like(target[:, :1], EOS_TOKEN)], dim=1)
-    loss = t5(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    return t5(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+
+def stepper(params, loss_fn: Callable) -> Callable:
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+
+    def step(batch) -> float:
+        loss = loss_fn(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def loss_curves(model: TIGER, batches: list, dropout: float, seed: int, bf16: bool) -> dict[str, list[float]]:
+    """Per-step training losses of copies of ``model`` trained on ``batches`` by each forward."""
+    runs = {"before": (False, False, seed), "before, other dropout seed": (False, False, seed + 1),
+            "fast fp32": (True, False, seed)}
+    if bf16:
+        runs["fast bf16"] = (True, True, seed)
+    curves = {}
+    for name, (fast, use_bf16, run_seed) in runs.items():
+        if dropout == 0.0 and "other" in name:
+            continue
+        net = configure(copy.deepcopy(model), fast=fast, bf16=use_bf16)
+        for module in net.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
+            elif isinstance(getattr(module, "dropout", None), float):  # T5Attention's attention-probs dropout
+                module.dropout = dropout
+        net.t5.config.dropout_rate = dropout
+        net.train()
+        step = stepper(net.parameters(), (lambda b, n=net: loss_before(n, b)) if not fast else net.calculate_loss)
+        torch.manual_seed(run_seed)
+        curves[name] = [round(step(b), 5) for b in batches]
+    return curves
 
 
 def main() -> None:
@@ -60,9 +119,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="train_batch_size")
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per repeat")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats (best kept)")
+    parser.add_argument("--curve_steps", type=int, default=30, help="steps of each loss curve")
+    parser.add_argument("--curve_batch", type=int, default=64, help="batch size of the loss curves")
+    parser.add_argument("--no_text_vocab", action="store_true", help="skip the 32k-vocabulary row")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    bf16_ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     argv, sys.argv = sys.argv, [sys.argv[0]]
     with tempfile.TemporaryDirectory() as tmp:
         cwd = os.getcwd()
@@ -72,21 +135,29 @@ def main() -> None:
         finally:
             os.chdir(cwd)
             sys.argv = argv
-    batches = []
-    for batch in train_data:
-        if len(batch) == args.batch:
-            batches.append(batch)
-        if len(batches) == args.steps:
-            break
-    baseline = text_vocab_t5(model)
+    batches = [b for b in train_data if len(b) == args.batch][: max(args.steps, 1)]
     model.train()
-    baseline.train()
-    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    opt_text = torch.optim.AdamW(baseline.parameters(), lr=1e-3)
-    runs = {
-        "TIGER (ours, code vocab)": lambda b: step_ours(model, opt_ours, b),
-        f"T5ForConditionalGeneration, {TEXT_VOCAB} vocab": lambda b: step_text_vocab(model, baseline, opt_text, b),
+
+    models = {name: copy.deepcopy(model) for name in ("before", "fast", "trie", "bf16", "items")}
+    runs: dict[str, Callable] = {
+        BEFORE: stepper(models["before"].parameters(), lambda b: loss_before(models["before"], b)),
+        "fast forward, fp32": stepper(models["fast"].parameters(), configure(models["fast"], True).calculate_loss),
+        "fast forward, fp32, trie softmax (TIGER default)": stepper(
+            models["trie"].parameters(), configure(models["trie"], True, softmax="trie").calculate_loss
+        ),
+        "item-level encoder input (fast fp32, trie)": stepper(
+            models["items"].parameters(), configure(models["items"], True, softmax="trie", encoder_input="items").calculate_loss
+        ),
     }
+    if bf16_ok:
+        runs["fast forward, bf16 autocast (trie)"] = stepper(
+            models["bf16"].parameters(), configure(models["bf16"], True, bf16=True, softmax="trie").calculate_loss
+        )
+    if not args.no_text_vocab:
+        baseline = text_vocab_t5(model).train()
+        runs[f"T5ForConditionalGeneration, {TEXT_VOCAB} vocab"] = stepper(
+            baseline.parameters(), lambda b: loss_text_vocab(model, baseline, b)
+        )
     for run in runs.values():  # warm-up
         run(batches[0])
     best: dict[str, float] = {}
@@ -98,31 +169,48 @@ def main() -> None:
             best[name] = min(best.get(name, float("inf")), clock() - start)
 
     n = sum(len(b) for b in batches)
-    base = best[f"T5ForConditionalGeneration, {TEXT_VOCAB} vocab"]
-    params = {
-        "TIGER (ours, code vocab)": sum(p.numel() for p in model.parameters()),
-        f"T5ForConditionalGeneration, {TEXT_VOCAB} vocab": sum(p.numel() for p in baseline.parameters()),
-    }
     rows = [
-        {"method": name, "vocab": model.t5.config.vocab_size if "ours" in name else TEXT_VOCAB,
-         "parameters": params[name], "samples_per_s": n / seconds, "speedup": base / seconds}
+        {"method": name, "samples_per_cpu_s": round(n / seconds, 1), "speedup_vs_before": round(best[BEFORE] / seconds, 2)}
         for name, seconds in best.items()
     ]
+    shape = (f"T5 {model.t5.config.num_layers}+{model.t5.config.num_decoder_layers} layers d{model.t5.config.d_model}, "
+             f"{model.t5.config.num_heads}x{model.t5.config.d_kv} heads, d_ff {model.t5.config.d_ff}")
     print(f"\nTraining {args.steps} steps x batch {args.batch}, history {args.history} items x {args.levels} codes, "
-          f"T5 {model.t5.config.num_layers}+{model.t5.config.num_decoder_layers} layers d{model.t5.config.d_model}, "
-          f"{args.threads} thread(s), AdamW; samples per CPU-second, best of {args.repeats}\n")
-    print("| model | vocab | parameters | samples/s | speed-up |")
-    print("|---|---|---|---|---|")
+          f"{shape}, {args.threads} thread(s), AdamW, dropout {model.t5.config.dropout_rate}; best of {args.repeats}\n")
+    print("| method | samples / CPU-s | vs before |")
+    print("|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['vocab']} | {r['parameters'] / 1e6:.2f}M | {r['samples_per_s']:.1f} | {r['speedup']:.2f}x |")
+        print(f"| {r['method']} | {r['samples_per_cpu_s']} | {r['speedup_vs_before']:.2f}x |")
+
+    curve_batches = [b for b in train_data if len(b) >= args.curve_batch]
+    curve_batches = [b[: args.curve_batch] for b in curve_batches][: args.curve_steps]
+    curves = {
+        "dropout 0": loss_curves(model, curve_batches, 0.0, args.seed, bf16_ok),
+        f"dropout {model.t5.config.dropout_rate}": loss_curves(
+            model, curve_batches, model.t5.config.dropout_rate, args.seed, bf16_ok
+        ),
+    }
+    checks = {}
+    for setting, runs_ in curves.items():
+        ref = torch.tensor(runs_["before"])
+        for name, values in runs_.items():
+            if name == "before":
+                continue
+            diff = (torch.tensor(values) - ref).abs()
+            checks[f"{setting}: {name}"] = {"max_abs_diff": round(float(diff.max()), 5),
+                                            "mean_abs_diff_last10": round(float(diff[-10:].mean()), 5)}
+    print(f"\nLoss curves ({args.curve_steps} steps x batch {args.curve_batch}, vocabulary softmax), "
+          "|loss - loss(before)| per step:\n")
+    print("| setting / forward | max | mean of last 10 steps |")
+    print("|---|---|---|")
+    for name, c in checks.items():
+        print(f"| {name} | {c['max_abs_diff']} | {c['mean_abs_diff_last10']} |")
     payload = {
-        "setup": {
-            **vars(args),
-            "timing": "process CPU seconds, best of repeats",
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-        },
+        "setup": {**vars(args), "timing": "process CPU seconds, best of repeats", "shape": shape,
+                  "bf16_supported": bf16_ok, **machine_info()},
         "results": rows,
+        "loss_curves": curves,
+        "loss_curve_checks": checks,
     }
     write_result(RESULTS / "train_speed.json", payload)
 

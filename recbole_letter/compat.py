@@ -76,6 +76,8 @@ def apply() -> None:
     _restore_numpy_aliases()
     _restore_dok_update()
     _patch_recbole_quick_start()
+    _patch_after_import("recbole.config.configurator", _install_any_backend_init)
+    _patch_after_import("recbole.trainer.trainer", _install_cpu_ddp)
     _APPLIED = True
 
 
@@ -268,7 +270,18 @@ def trusted_checkpoint_trainer(base: type) -> type:
                     "optimizer": self.optimizer.state_dict(),
                     CHECKPOINT_MARKER: checkpoint_marker(self._checkpoint_data),
                 }
-                torch.save(state, saved_model_file, pickle_protocol=4)
+                extra = getattr(self, "extra_checkpoint_state", None)
+                if extra is not None:  # e.g. the generative trainer's LR schedule and RNG state
+                    state.update(extra())
+                # Temp file + rename: a Ctrl-C, crash or rank killed mid-save leaves the previous
+                # checkpoint, never half a file (and no temp file).
+                tmp = f"{saved_model_file}.{os.getpid()}.tmp"
+                try:
+                    torch.save(state, tmp, pickle_protocol=4)
+                    os.replace(tmp, saved_model_file)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
                 if verbose:
                     self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
@@ -281,11 +294,17 @@ def trusted_checkpoint_trainer(base: type) -> type:
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.optimizer.load_state_dict(checkpoint["optimizer"])
+            restore = getattr(self, "restore_extra_checkpoint_state", None)
+            if restore is not None:
+                restore(checkpoint)
             self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
         def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
             if eval_data and load_best_model:
                 checkpoint_file = model_file or self.saved_model_file
+                if not self.config["single_spec"]:
+                    # Only rank 0 saved, under its own time-stamped name: wait for it and use its path.
+                    checkpoint_file = rank_zero_value(checkpoint_file)
                 checkpoint = load_trusted_checkpoint(checkpoint_file, self.device)
                 check_same_dataset(checkpoint.get(CHECKPOINT_MARKER), eval_data._dataset, checkpoint_file)
                 self.model.load_state_dict(checkpoint["state_dict"])
@@ -410,6 +429,115 @@ def _patch_recbole_quick_start() -> None:
         _install_load_data_and_model(sys.modules[name])
     elif not any(isinstance(f, _PatchAfterImport) and f.fullname == name for f in sys.meta_path):
         sys.meta_path.insert(0, _PatchAfterImport(name, _install_load_data_and_model))
+
+
+# ----------------------------------------------------------------------------- torch.distributed
+# RecBole 1.2.1's Config starts multi-process training with init_process_group(backend="nccl") and
+# a CUDA device per rank, and its Trainer wraps the model in DistributedDataParallel(device_ids=
+# [local_rank]); neither works without GPUs. The replacement below keeps RecBole's keys and
+# semantics (nproc, world_size, ip, port, offset; rank = local_rank + offset; tcp://ip:port) and
+# changes only what the hardware dictates: NCCL with one GPU per rank, gloo on CPU. Under torchrun
+# (RANK/WORLD_SIZE/MASTER_ADDR in the environment) the rendezvous is env://.
+
+
+def distributed_backend(use_cuda: bool) -> str:
+    """NCCL for GPU ranks (what RecBole hard-codes), gloo for CPU ranks (NCCL has no CPU support)."""
+    return "nccl" if use_cuda else "gloo"
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun / torch.distributed.run exports these for every process it starts."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _init_device_any_backend(self: Any) -> None:
+    """``Config._init_device`` that runs multi-process training on CPUs as well as GPUs."""
+    cfg = self.final_config_dict
+    if "local_rank" not in cfg:
+        return _ORIGINAL_INIT_DEVICE(self)  # single process: RecBole's code unchanged
+    import torch
+    import torch.distributed as dist
+
+    gpu = cfg["gpu_id"]
+    gpu_id = ",".join(map(str, gpu)) if isinstance(gpu, tuple) else str(gpu)
+    cfg["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    use_cuda = bool(gpu_id) and torch.cuda.is_available()
+    local_rank, nproc = int(cfg["local_rank"]), int(cfg.get("nproc") or 1)
+    if use_cuda and len(gpu_id.split(",")) < nproc:
+        raise ValueError(
+            f"nproc={nproc} GPU processes need as many GPUs, but gpu_id={gpu_id!r} lists "
+            f"{len(gpu_id.split(','))}. Fix: --gpu_id=0,1,... with nproc entries, or lower nproc."
+        )
+    if not dist.is_initialized():
+        backend = distributed_backend(use_cuda)
+        if launched_by_torchrun():
+            dist.init_process_group(backend=backend, init_method="env://")
+        else:
+            dist.init_process_group(
+                backend=backend,
+                init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+                rank=local_rank + int(cfg.get("offset") or 0),
+                world_size=int(cfg["world_size"]),
+            )
+    cfg["world_size"] = dist.get_world_size()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        cfg["device"] = torch.device("cuda", local_rank)
+    else:
+        cfg["device"] = torch.device("cpu")
+    cfg["single_spec"] = False
+    if local_rank != 0:  # as RecBole: only one process per node logs and shows progress
+        cfg["state"] = "error"
+        cfg["show_progress"] = False
+        cfg["verbose"] = False
+
+
+_ORIGINAL_INIT_DEVICE: Any = None
+
+
+def _install_any_backend_init(module: Any) -> None:
+    global _ORIGINAL_INIT_DEVICE
+    if module.Config._init_device is _init_device_any_backend:
+        return
+    _ORIGINAL_INIT_DEVICE = module.Config._init_device
+    module.Config._init_device = _init_device_any_backend
+
+
+def _ddp_any_device(module: Any, device_ids: Any = None, **kwargs: Any) -> Any:
+    """DistributedDataParallel that omits ``device_ids`` for CPU modules (torch rejects them there)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if next(module.parameters()).device.type == "cpu":
+        device_ids = None
+    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+
+def _ensure_dir_race_free(dir_path: str) -> None:
+    """RecBole's ``ensure_dir`` checks then creates: two ranks creating ``saved/`` at once crash."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def _install_cpu_ddp(module: Any) -> None:
+    module.DistributedDataParallel = _ddp_any_device
+    module.ensure_dir = _ensure_dir_race_free
+
+
+def rank_zero_value(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank, after all ranks reached this point (a barrier)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _patch_after_import(name: str, patch: Any) -> None:
+    """Run ``patch(module)`` now if ``name`` is imported, else right after its first import."""
+    if name in sys.modules:
+        patch(sys.modules[name])
+    elif not any(isinstance(f, _PatchAfterImport) and f.fullname == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchAfterImport(name, patch))
 
 
 def set_data_path(config: Any, dataset_dir: str | Path) -> None:

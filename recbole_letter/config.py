@@ -91,7 +91,7 @@ def validate_protocol(config: Any) -> None:
     for key in ("epochs", "train_batch_size", "eval_batch_size"):
         value = config[key]
         if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{key}={value!r} must be a positive integer.")
+            raise ValueError(f"{key}={value!r} must be a positive integer. Fix: e.g. --{key}=10.")
 
 
 def build_config(

@@ -68,7 +68,10 @@ def run_recbole_letter(
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed
 
+    from recbole_letter.validate import validate_config
+
     config, spec = build_config(model, dataset, config_files, config_dict)
+    validate_config(config, spec, config_dict, [str(f) for f in config_files or []])
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -77,9 +80,17 @@ def run_recbole_letter(
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
+    # Under torch.distributed rank 0 fills the stage cache while the others wait, then they read it.
+    distributed = not config["single_spec"]
+    if distributed and _global_rank(config) != 0:
+        _barrier()
     resolve_stages(spec.model_class, config, train_data._dataset)
+    if distributed and _global_rank(config) == 0:
+        _barrier()
+    # Reseed after the stages: whether they ran or came from the cache, the model starts from the
+    # same random state (stages also run under private RNG state, see recbole_letter.seeding).
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = spec.model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = spec.trainer_class(config, net)
@@ -104,6 +115,7 @@ def run_recbole_letter(
     outputs = net.after_run(config, train_data._dataset) if hasattr(net, "after_run") else None
     return {
         "model": spec.name,
+        "label": result_label(spec.model_class, config, spec.name),
         "dataset": dataset,
         "best_valid_score": _to_float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -116,6 +128,24 @@ def run_recbole_letter(
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **({"outputs": outputs} if outputs else {}),
     }
+
+
+def _global_rank(config: Any) -> int:
+    return int(config["local_rank"] or 0) + int(config["offset"] or 0)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def result_label(model_class: type, config: Any, name: str) -> str:
+    """The row name in results tables: the model's own ``result_label(config)`` when it has one
+    (TIGER: which semantic IDs and tau, so LETTER-TIGER is never mistaken for plain TIGER), else
+    the model name. The ``model`` key of a result stays the registry name."""
+    label = getattr(model_class, "result_label", None)
+    return str(label(config)) if callable(label) else name
 
 
 def _accepts_callback(fit: Callable[..., Any]) -> bool:
@@ -151,7 +181,7 @@ def results_table(results: Sequence[dict[str, Any]], split: str = "test_result")
     for res in results:
         values = res.get(split) or {}
         seconds = res.get("seconds_per_epoch")
-        cells = [res["model"], *(values.get(col) for col in columns), res.get("epochs")]
+        cells = [res.get("label") or res["model"], *(values.get(col) for col in columns), res.get("epochs")]
         cells.append(None if seconds is None else f"{seconds:.1f}")
         if failed:
             cells.append(format_cell(res.get("error", ""), max_chars=200))
@@ -166,28 +196,141 @@ def run_models(
     config_dict: dict | None = None,
     results_dir: str | Path | None = None,
     saved: bool = True,
-) -> tuple[list[dict[str, Any]], Path]:
+    debug: bool = False,
+) -> tuple[list[dict[str, Any]], Path | None]:
     """Run several models in turn on the same data; returns their results and the JSON path.
 
-    A model that fails is recorded with its error and the others still run; the JSON file is
-    rewritten after every model so finished results are never lost.
+    Every model's whole run is validated first (:func:`~recbole_letter.validate.validate_command`),
+    so bad input fails before any stage or training. A model that fails while running is recorded
+    with its error (one log line; the traceback with ``debug``) and the others still run; the
+    JSON file is rewritten after every model so finished results are never lost. The returned
+    path is None when no model got as far as writing it.
     """
-    specs = [resolve_model(m) for m in models]  # unknown names fail before any training
-    for spec in specs:  # so do config/data errors (missing dataset or column, bad metric, bad file)
-        build_config(spec, dataset, config_files, config_dict)
+    from recbole_letter.validate import validate_command
+
+    distributed = "local_rank" in (config_dict or {})
+    writes = not distributed or _dict_rank(config_dict or {}) == 0  # only global rank 0 writes results
+    built = validate_command(models, dataset, config_files, config_dict)
+    specs = [spec for _, spec in built]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    root = Path(results_dir or (config_dict or {}).get("checkpoint_dir") or "saved") / "results"
+    root = Path(results_dir or built[0][0]["checkpoint_dir"] or "saved") / "results"
     out = root / f"{dataset}-{'-'.join(s.name for s in specs)}-{stamp}.json"
+    written: Path | None = None
     results: list[dict[str, Any]] = []
     for spec in specs:
         try:
             res = run_recbole_letter(spec.name, dataset, config_files, config_dict, saved=saved)
         except Exception as exc:  # keep the other models' results
-            LOGGER.error("model %s failed:\n%s", spec.name, traceback.format_exc())
+            if distributed:  # the other ranks wait in a collective: end the whole run instead
+                raise
+            if debug:
+                LOGGER.error("model %s failed:\n%s", spec.name, traceback.format_exc())
+            else:
+                LOGGER.error("model %s failed: %s: %s (--debug shows the traceback)", spec.name, type(exc).__name__, exc)
             res = {"model": spec.name, "dataset": dataset, "error": f"{type(exc).__name__}: {exc}"}
         results.append(res)
-        write_json_atomic({"dataset": dataset, "results": results}, out)
+        if writes:
+            written = write_json_atomic({"dataset": dataset, "results": results}, out)
     splits = {r["split"] for r in results if "split" in r}
     if len(splits) > 1:
         LOGGER.warning("models ran on different data splits %s: their rows are not comparable", splits)
-    return results, out
+    return results, written
+
+
+# ---------------------------------------------------------------- data-parallel runs
+
+DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
+
+
+def _dict_rank(config_dict: dict) -> int:
+    return int(config_dict.get("local_rank") or 0) + int(config_dict.get("offset") or 0)
+
+
+def is_distributed_request(config_dict: dict | None) -> bool:
+    """RecBole's multi-process keys ask for more than one process, or torchrun started us."""
+    from recbole_letter.compat import launched_by_torchrun
+
+    cd = config_dict or {}
+    return launched_by_torchrun() or int(cd.get("nproc") or 1) > 1 or int(cd.get("world_size") or -1) > 1
+
+
+def run_models_distributed(
+    models: Sequence[str],
+    dataset: str,
+    config_files: Sequence[str] | None = None,
+    config_dict: dict | None = None,
+    saved: bool = True,
+) -> tuple[list[dict[str, Any]], Path | None]:
+    """:func:`run_models` data-parallel over processes (RecBole's ``run_recboles`` semantics).
+
+    Under ``torchrun`` this process is one rank (env:// rendezvous; ``offset`` = RANK - LOCAL_RANK).
+    Otherwise ``nproc`` processes are spawned on this node with ranks ``offset .. offset+nproc-1``
+    of ``world_size`` (default ``nproc``), meeting at ``tcp://ip:port``. Gradients are averaged over
+    ranks, so ``train_batch_size`` is the *global* batch (each rank loads 1/world_size of it). Only
+    global rank 0 writes checkpoints and the results JSON; a failing rank ends every rank (spawn
+    terminates the others; torchrun does the same) with the failing rank's traceback.
+    Returns rank 0's results and JSON path (``None`` on other ranks).
+    """
+    from recbole_letter.compat import launched_by_torchrun
+
+    cd = dict(config_dict or {})
+    if launched_by_torchrun():
+        import os
+
+        local_rank = int(os.environ["LOCAL_RANK"])
+        cd.update(
+            local_rank=local_rank,
+            world_size=int(os.environ["WORLD_SIZE"]),
+            nproc=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            offset=int(os.environ["RANK"]) - local_rank,
+            ip=os.environ["MASTER_ADDR"],
+            port=os.environ["MASTER_PORT"],
+        )
+        try:
+            results, path = run_models(models, dataset, config_files, cd, saved=saved)
+        finally:
+            _destroy_group()
+        return (results, path) if _dict_rank(cd) == 0 else (results, None)
+
+    import torch.multiprocessing as mp
+
+    nproc = int(cd.get("nproc") or 1)
+    world_size = int(cd.get("world_size") or -1)
+    cd.update(
+        nproc=nproc,
+        world_size=nproc if world_size <= 0 else world_size,
+        ip=str(cd.get("ip") or "localhost"),
+        port=str(cd.get("port") or 5678),
+        offset=int(cd.get("offset") or 0),
+    )
+    if cd["offset"] + nproc > cd["world_size"]:
+        raise ValueError(
+            f"offset {cd['offset']} + nproc {nproc} exceeds world_size {cd['world_size']}: ranks would not exist. "
+            "Fix: world_size = total processes over all nodes, offset = ranks started on earlier nodes."
+        )
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(
+        _spawned_rank, args=(list(models), dataset, config_files, cd, saved, queue), nprocs=nproc, join=True
+    )
+    if queue.empty():  # this node does not hold global rank 0 (offset > 0)
+        return [], None
+    results, path = queue.get()
+    return results, Path(path)
+
+
+def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, queue) -> None:
+    """One process of :func:`run_models_distributed` (module level so ``spawn`` can import it)."""
+    cd = {**config_dict, "local_rank": local_rank}
+    try:
+        results, path = run_models(models, dataset, config_files, cd, saved=saved)
+    finally:
+        _destroy_group()
+    if _dict_rank(cd) == 0:
+        queue.put((results, str(path)))
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -58,3 +58,24 @@ def reseed(seed: int, reproducibility: bool = True) -> None:
     from recbole.utils import init_seed
 
     init_seed(seed, reproducibility)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global random stream's state, for a checkpoint (Python, NumPy, torch CPU and CUDA)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` saved, so a resumed run draws what the original would."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -178,7 +178,7 @@ def test_letter_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         convert_letter(tmp_path / "empty", "x", tmp_path / "out")
     code = main(["letter", str(tmp_path / "empty"), "--dataset", "x", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("convert: error: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("convert: error: ") and err.count("\n") == 1
 
 
 def test_reserved_dataset_name(tmp_path: Path) -> None:

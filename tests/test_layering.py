@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stages", ("stages", "tokenization", "llm")),
     ("generation", ("generation",)),
     ("model", ("model",)),
-    ("runner", ("quick_start", "registry", "cli", "tuning", "recommend", "hyper", "__main__")),
+    ("runner", ("quick_start", "registry", "cli", "tuning", "recommend", "hyper", "validate", "__main__")),
 ]
 
 

@@ -222,7 +222,8 @@ def test_cli_runs_sasrec_tiger_lcrec_into_one_table(tmp_path, capsys):
     test_part = out.split("test results", 1)[1]
     rows = [line for line in test_part.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     names = [row.strip("|").split("|")[0].strip() for row in rows[:3]]
-    assert names == ["SASRec", "TIGER", "LCRec"]
+    # generators label their rows with the IDs and tau they used (TIGER's label names the index file)
+    assert names[0] == "SASRec" and names[1].startswith("TIGER (") and names[2].startswith("LCRec"), names
     assert "error" not in out.split("test results", 1)[1].splitlines()[1]
     saved = sorted((tmp_path / "saved").glob("LCRec-*.pth"))
     assert saved, "LCRec checkpoint written"

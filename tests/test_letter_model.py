@@ -181,6 +181,37 @@ def test_imported_index_gives_a_unique_padded_table(tiny, workdir):
     assert table.shape[1] == 4 and sorted(table[1:3, 3]) == [0, 1] and table[3:, 3].max() == 0
 
 
+def test_letter_model_and_report_cli_report_an_imported_index_alike(tiny, workdir, monkeypatch, capsys):
+    import yaml
+
+    from recbole_letter.tokenization import report as report_module
+
+    _, dataset = dataset_for(tiny)
+    tokens = item_tokens(dataset)
+    codes = np.stack([np.arange(len(tokens)) % 3, np.arange(len(tokens)) % 8, np.arange(len(tokens)) // 8], axis=1)
+    index = write_index(workdir / "published.index.json", tokens, codes)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a tokenizer was fitted although item_tokenizer names an index.json")
+
+    monkeypatch.setattr(stage_module, "fit_tokenizer", no_fit)
+    report = run_recbole_letter("LETTER", DATASET, config_dict={**tiny, "item_tokenizer": str(index)})["test_result"]
+    # codebook_size 8 (TOKENIZER) -> level 1 uses 3 of 8 codes, and is reported over all 8
+    assert report["codes@L1"] == 8 and report["used@L1"] == 3
+    assert report["gini@L1"] == pytest.approx(report_module.gini(np.bincount(codes[:, 0], minlength=8)))
+    assert np.isfinite(report["cf_agreement_lift"])
+    assert (Path(tiny["checkpoint_dir"]) / f"{DATASET}.imported.index.json").is_file()
+
+    # the CLI, with --dataset, prints the same numbers (CF agreement from the same cached stage)
+    cfg_file = workdir / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump({k: v for k, v in tiny.items() if k != "data_path"}))
+    cli = report_module.main([str(index), "--dataset", DATASET, "--data_path", tiny["data_path"],
+                              "--config_files", str(cfg_file)])
+    assert "over ALL codes of the level" in capsys.readouterr().out
+    for key in ("gini@L1", "entropy_bits@L2", "used@L3", "collisions_before", "cf_agreement_lift"):
+        assert cli[key] == pytest.approx(report[key]), key
+
+
 def test_index_missing_items_is_a_clear_error(tiny, workdir):
     _, dataset = dataset_for(tiny)
     tokens = item_tokens(dataset)
@@ -288,7 +319,7 @@ def test_unknown_cf_model_fails_before_any_stage(tiny):
 
 
 def test_bad_tokenizer_config_fails_before_any_stage(tiny):
-    with pytest.raises(ValueError, match="cf_similarity must be one of"):
+    with pytest.raises(ValueError, match="cf_similarity"):
         run_recbole_letter("LETTER", DATASET, config_dict={**tiny, "cf_similarity": "euclid"})
     assert not (Path(tiny["checkpoint_dir"]) / "stages").exists()
 
@@ -334,7 +365,7 @@ def test_tokenize_items_keeps_the_generator_vocabulary_unless_told_otherwise():
     from recbole_letter.tokenization.rqvae import RQVAE
     from recbole_letter.stages.item_tokenizer import ItemTokenizer
 
-    model = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=1, codebook_size=2, sinkhorn_last_level=False)
+    model = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=1, codebook_size=2, sinkhorn_levels=())
     with torch.no_grad():
         model.encoder[0].weight.copy_(torch.eye(2))
         model.codebooks[0].copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0]]))
@@ -355,7 +386,7 @@ def test_restart_dead_codes_moves_only_unused_codes_onto_the_data():
     from recbole_letter.tokenization.rqvae import RQVAE
 
     torch.manual_seed(0)
-    model = RQVAE(in_dim=4, hidden_dims=(), code_dim=4, num_levels=2, codebook_size=6, sinkhorn_last_level=False)
+    model = RQVAE(in_dim=4, hidden_dims=(), code_dim=4, num_levels=2, codebook_size=6, sinkhorn_levels=())
     z = torch.randn(50, 4)
     model.init_codebooks(z, iters=5, seed=0)
     with torch.no_grad():

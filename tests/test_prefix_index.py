@@ -123,7 +123,7 @@ def test_walks_reach_exactly_the_items(n_items, n_levels, n_codes, seed, layout)
     [
         lambda: unique_table(3000, n_levels=4, n_codes=8, seed=1),  # unique as quantised
         lambda: colliding_then_resolved(3000, n_levels=3, n_codes=8, seed=2),  # extra level from make_unique
-        lambda: unique_table(500, n_levels=2, n_codes=64, seed=3),  # sparse rows, wide levels
+        lambda: unique_table(500, n_levels=2, n_codes=64, seed=3),  # wide levels: auto = dense + sparse
     ],
     ids=["unique", "collisions_resolved", "wide"],
 )
@@ -131,9 +131,10 @@ def test_walks_reach_exactly_the_items(n_items, n_levels, n_codes, seed, layout)
 def test_layouts_give_identical_beams(make_table, beam):
     table = make_table()
     dense = search(table, "dense", beam)
-    sparse = search(table, "sparse", beam)
-    assert torch.equal(dense[3], sparse[3])  # same items, same order
-    assert torch.equal(dense[4], sparse[4])  # bitwise the same scores
+    for layout in ("sparse", "auto"):
+        other = search(table, layout, beam)
+        assert torch.equal(dense[3], other[3])  # same items, same order
+        assert torch.equal(dense[4], other[4])  # bitwise the same scores
     assert dense[3].shape == (6, beam) and (dense[3] >= 1).all()
     oracle = oracle_scores(dense[1], table, dense[2])
     assert torch.equal(dense[4], oracle.gather(1, dense[3]))  # scores are the items' true log-probs
@@ -168,12 +169,14 @@ def test_sparse_memory_grows_with_items_not_codes():
 def test_auto_keeps_dense_only_where_it_is_small_and_cheaper(monkeypatch):
     full = unique_table(16**3, n_levels=3, n_codes=16, seed=7)  # every prefix has all 16 children
     assert PrefixIndex(full).layout == "dense"
-    # Typical semantic IDs: deep prefixes have a few children, so sparse steps score far fewer slots.
-    assert PrefixIndex(unique_table(1682, n_levels=4, n_codes=256, seed=8)).layout == "sparse"
-    # Memory bound: a full trie too goes sparse once its dense tables exceed the limit.
-    dense_bytes = PrefixIndex(full, layout="dense").nbytes()
-    monkeypatch.setattr(prefix_index_module, "AUTO_DENSE_MAX_BYTES", dense_bytes - 1)
-    assert PrefixIndex(full).layout == "sparse"
+    # Typical semantic IDs: the first level has nearly every code, deeper prefixes a few children.
+    typical = PrefixIndex(unique_table(1682, n_levels=4, n_codes=256, seed=8))
+    assert typical.layouts == ["dense", "sparse", "sparse", "sparse"] and typical.layout == "mixed"
+    # Memory bound: the deepest level of the full trie goes sparse once it would exceed the limit.
+    level_bytes = [12 * n * s for n, s in zip([1, 16, 256], [16, 16, 16])]
+    monkeypatch.setattr(prefix_index_module, "AUTO_DENSE_MAX_BYTES", sum(level_bytes) - 1)
+    assert PrefixIndex(full).layouts == ["dense", "dense", "sparse"]
+    assert PrefixIndex(full, layout="dense").nbytes() == sum(level_bytes)
 
 
 def test_scatter_scores_fills_a_slice_in_place():
@@ -186,3 +189,21 @@ def test_scatter_scores_fills_a_slice_in_place():
     assert torch.equal(out[1:], expected)
     with pytest.raises(ValueError, match="expected"):
         scatter_scores(items, scores, 5, out=out[1:])
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_item_prefixes_are_the_beam_states_that_lead_to_each_item(layout):
+    """Walking each item's codes with ``follow`` visits exactly ``item_prefixes[item]``."""
+    table = unique_table(300, n_levels=3, n_codes=8, seed=11)
+    index = PrefixIndex(table, layout=layout)
+    items = torch.arange(1, table.shape[0])
+    codes = torch.as_tensor(table)[items]
+    prefix = torch.zeros_like(items)
+    for level in range(index.n_levels):
+        assert torch.equal(index.item_prefixes[items, level], prefix)
+        slots = torch.arange(index.width(level)).expand(len(items), -1)
+        allowed = index.candidates(level, prefix, torch.zeros(len(items), index.level_sizes[level]))
+        chosen_code, child = index.follow(level, prefix[:, None].expand_as(slots), slots)
+        slot = ((chosen_code == codes[:, level : level + 1]) & torch.isfinite(allowed)).float().argmax(1)
+        prefix = child.gather(1, slot[:, None]).squeeze(1)
+    assert torch.equal(prefix, items)

@@ -32,7 +32,7 @@ def _write_inter(folder: Path, name: str, n_users: int = 10, per_user: int = 6) 
 
 
 def _args(**kw):
-    base = {"index": None, "item_embedding_file": None}
+    base = {"index": None, "item_embedding_file": None, "converge": False}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -58,7 +58,12 @@ def test_rows_with_text_and_with_published_index(quality, tmp_path):
     _write_inter(text, "T")
     (text / "T.item").write_text("item_id:token\ttitle:token_seq\n0\ta\n")
     labels = [r[0] for r in quality.build_rows("T", text, _args())]
-    assert labels == ["SASRec", "TIGER", "LETTER-TIGER", "LETTER-TIGER t0.7"]
+    assert labels == ["Pop", "SASRec", "TIGER (RQ-VAE IDs, tau 1.0)", "TIGER (LETTER IDs, tau 1.0)",
+                      "TIGER (LETTER IDs, tau 0.7)"]
+    converge = quality.build_rows("T", text, _args(converge=True))
+    assert converge[-1][0] == "TIGER (LETTER IDs, tau 1.0, item-level input)"
+    assert converge[-1][2]["encoder_input"] == "items" and converge[1][2] == {"learning_rate": 0.001}
+    assert converge[0][2]["train_neg_sample_args"] is None  # Pop counts positives only
 
     bare = tmp_path / "B"
     _write_inter(bare, "B")
@@ -67,9 +72,9 @@ def test_rows_with_text_and_with_published_index(quality, tmp_path):
     index = tmp_path / "B.index.json"
     index.write_text("{}")
     rows = quality.build_rows("B", bare, _args(index=str(index), item_embedding_file=str(index)))
-    assert [r[0] for r in rows][1] == "TIGER (RQVAE on CF emb.)"
-    assert all(r[2]["item_tokenizer"] == str(index.resolve()) for r in rows[2:])
-    assert {r[2]["tau"] for r in rows[2:]} == {1.0, 0.7}
+    assert [r[0] for r in rows][:3] == ["Pop", "SASRec", "TIGER (RQ-VAE IDs on CF emb., tau 1.0)"]
+    assert all(r[2]["item_tokenizer"] == str(index.resolve()) for r in rows[3:])
+    assert {r[2]["tau"] for r in rows[3:]} == {1.0, 0.7}
 
 
 def test_train_sequences_caps_generative_rows_only(quality, tmp_path):
@@ -77,4 +82,49 @@ def test_train_sequences_caps_generative_rows_only(quality, tmp_path):
     budget.write_text("train_batch_size: 10\ntrain_batches_per_epoch: 3\n")
     assert quality._train_sequences({"epochs": 2}, {}, [str(budget)], "TIGER", 1000) == 60
     assert quality._train_sequences({"epochs": 2}, {}, [str(budget)], "SASRec", 1000) == 2000
+    assert quality._train_sequences({"epochs": 1}, {}, [str(budget)], "Pop", 1000) == 1000
     assert quality.table([{"label": "x", "test_result": {"ndcg@10": 0.5}}]).count("0.5000") == 1
+
+
+def test_converge_curves_plot(quality, tmp_path):
+    payload = {"setup": {"dataset": "D"}, "results": [
+        {"label": "Pop", "model": "Pop", "best_valid_score": 0.02, "curve": [{"train_sequences": 10, "valid_ndcg@10": 0.02}]},
+        {"label": "TIGER (LETTER IDs, tau 1.0)", "model": "TIGER",
+         "curve": [{"train_sequences": 10, "valid_ndcg@10": 0.01}, {"train_sequences": 20, "valid_ndcg@10": 0.03}]},
+    ]}
+    path = quality.plot_curves(payload, tmp_path / "c.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_row_processes_get_the_parent_arguments(quality, tmp_path, monkeypatch):
+    """--jobs: each row process gets the same arguments, its own --rows/--out; records come back in row order."""
+    calls = []
+
+    class FakeProc:
+        def __init__(self, cmd, stdout, stderr):
+            calls.append(cmd)
+            label = next(a for a in cmd if a.startswith("--rows="))[7:]
+            out = Path(next(a for a in cmd if a.startswith("--out="))[6:])
+            if label != "bad":
+                out.write_text(json.dumps({"results": [{"label": label}]}))
+            self.returncode = 0 if label != "bad" else 1
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(quality.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(quality.time, "sleep", lambda s: None)
+    rows = [("a", "SASRec", {}), ("bad", "TIGER", {}), ("c", "Pop", {})]
+    argv = ["--dataset=ml-100k", "--converge", "--jobs", "2", "--rows=x", "--epochs=3"]
+    records = quality.run_rows_in_processes(rows, argv, tmp_path / "q.json", jobs=2)
+    assert [r["label"] for r in records] == ["a", "bad", "c"]
+    assert "error" in records[1] and "error" not in records[0]
+    for cmd in calls:
+        assert cmd[2:5] == ["--dataset=ml-100k", "--converge", "--epochs=3"]
+        assert "2" not in cmd and "--rows=x" not in cmd
+
+
+def test_rows_option_splits_labels_that_contain_commas(quality):
+    assert quality.split_rows("Pop,SASRec") == {"Pop", "SASRec"}
+    assert quality.split_rows("Pop,TIGER (LETTER IDs, tau 1.0)") == {"Pop", "TIGER (LETTER IDs, tau 1.0)"}
+    assert quality.split_rows("TIGER (LETTER IDs, tau 0.7);SASRec") == {"TIGER (LETTER IDs, tau 0.7)", "SASRec"}

@@ -377,7 +377,13 @@ def test_format_report_lists_every_metric():
     text = format_report(tokenizer_report(codes, codes, None, [2, 2]))
     assert "collisions_after        0" in text
     assert "cf_neighbour_agreement  n/a" in text
-    assert text.splitlines()[-2].split() == ["L1", "1.0000", "1.0000", "0.0000"]
+    lines = text.splitlines()
+    header = next(line for line in lines if line.split()[:1] == ["level"]).split()
+    assert header == ["level", "codes", "used", "utilisation", "entropy_bits", "entropy", "gini"]
+    assert next(line for line in lines if line.split()[:1] == ["L1"]).split() == [
+        "L1", "2", "2", "1.0000", "1.0000", "1.0000", "0.0000"
+    ]
+    assert "over ALL codes of the level" in text  # the Gini definition travels with the numbers
 
 
 def test_plot_code_usage_writes_png(tmp_path):

@@ -257,3 +257,75 @@ def test_trainer_rejects_bad_schedule(tmp_path):
     config, model, _, _, _ = build(tmp_path, lr_scheduler="inverse_sqrt")
     with pytest.raises(ValueError, match="needs warmup_steps > 0"):
         GenerativeTrainer(config, model)
+
+
+# ---------------------------------------------------------------- code_softmax / encoder_input / labels
+@pytest.mark.parametrize("encoder_input", ["codes", "items"])
+def test_trie_softmax_is_a_distribution_over_the_catalogue(tmp_path, encoder_input):
+    """code_softmax=trie: the items' probabilities sum to 1 for every user (no mass on non-items)."""
+    _, model, _, _, test_data = build(tmp_path, code_softmax="trie", encoder_input=encoder_input)
+    model.eval()
+    interaction = next(iter(test_data))[0][:8]
+    probs = scores_by_teacher_forcing(model, interaction)[:, 1:].exp()
+    torch.testing.assert_close(probs.sum(1), torch.ones(8), rtol=1e-4, atol=1e-4)
+
+
+def test_vocab_softmax_leaves_mass_on_non_items(tmp_path):
+    """code_softmax=vocab (the papers' loss): untrained, most mass is on tokens that are no item."""
+    _, model, _, _, test_data = build(tmp_path, code_softmax="vocab")
+    model.eval()
+    interaction = next(iter(test_data))[0][:8]
+    assert (scores_by_teacher_forcing(model, interaction)[:, 1:].exp().sum(1) < 0.5).all()
+
+
+@pytest.mark.parametrize("options", [{"code_softmax": "vocab"}, {"encoder_input": "items"},
+                                     {"encoder_input": "items", "user_token_buckets": 5}])
+def test_exhaustive_beam_equals_teacher_forcing_in_every_mode(tmp_path, options):
+    """Beam scores and teacher-forced scores stay the same function whatever the options."""
+    _, model, _, _, test_data = build(tmp_path, beam_size=60, **options)
+    model.eval()
+    interaction = next(iter(test_data))[0][:8]
+    torch.testing.assert_close(model.full_sort_predict(interaction)[:, 1:],
+                               scores_by_teacher_forcing(model, interaction)[:, 1:], rtol=1e-4, atol=1e-4)
+
+
+def test_item_level_input_sums_code_embeddings(tmp_path):
+    _, model, _, _, test_data = build(tmp_path, encoder_input="items", user_token_buckets=7)
+    interaction = next(iter(test_data))[0][:4]
+    embeds, mask = model.encoder_embeds(interaction)
+    seq, lengths, user = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], interaction[model.USER_ID]
+    for row in range(4):
+        n = int(lengths[row])
+        codes = model.semantic_ids[seq[row, :n]] + torch.tensor(model.token_offsets)
+        torch.testing.assert_close(embeds[row, 1 : 1 + n], model.t5.shared(codes).sum(1))
+        torch.testing.assert_close(embeds[row, 0], model.t5.shared.weight[model.user_token_offset + int(user[row]) % 7])
+        assert mask[row, : 1 + n].all() and not mask[row, 1 + n :].any()
+
+
+@pytest.mark.parametrize("options", [{"encoder_input": "items"}, {"code_softmax": "vocab", "fast_t5_forward": False}])
+def test_other_modes_learn_deterministic_successor(tmp_path, options):
+    config, model, train_data, valid_data, test_data = build(
+        tmp_path, epochs=20, eval_step=10, stopping_step=100, learning_rate=0.003, dropout_rate=0.0,
+        lr_scheduler="cosine", warmup_steps=10, **options,
+    )
+    trainer = TIGER.trainer_class(config, model)
+    trainer.fit(train_data, valid_data, saved=False, verbose=False)
+    assert trainer.evaluate(test_data, load_best_model=False)["recall@1"] >= 0.95
+
+
+def test_bad_mode_values_name_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="code_softmax must be one of"):
+        build(tmp_path, code_softmax="full")
+    with pytest.raises(ValueError, match="encoder_input must be one of"):
+        build(tmp_path, encoder_input="tokens")
+    with pytest.raises(ValueError, match="bf16_autocast needs fast_t5_forward"):
+        build(tmp_path, bf16_autocast=True, fast_t5_forward=False)
+
+
+def test_result_label_names_ids_and_tau(tmp_path):
+    config = make_config(tmp_path, item_tokenizer="LETTER", tau=0.7)
+    assert TIGER.result_label(config) == "TIGER (LETTER IDs, tau 0.7)"
+    config = make_config(tmp_path, item_tokenizer="RQVAE", tau=1.0, encoder_input="items")
+    assert TIGER.result_label(config) == "TIGER (RQ-VAE IDs, tau 1.0, item-level input)"
+    config = make_config(tmp_path, item_tokenizer=str(tmp_path / "Instruments.index.json"), code_softmax="vocab")
+    assert TIGER.result_label(config) == "TIGER (IDs from Instruments.index.json, tau 1.0, vocab softmax)"

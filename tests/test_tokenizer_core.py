@@ -70,7 +70,7 @@ def test_quantization_loss_values_and_gradients() -> None:
 
 
 def test_residual_quantizer_with_hand_set_codebooks() -> None:
-    model = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=2, codebook_size=2, sinkhorn_last_level=False)
+    model = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=2, codebook_size=2, sinkhorn_levels=())
     with torch.no_grad():
         model.codebooks[0].copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
         model.codebooks[1].copy_(torch.tensor([[0.0, 1.0], [0.0, -1.0]]))
@@ -146,7 +146,7 @@ def test_diversity_singleton_clusters_have_no_positive() -> None:
 
 def test_straight_through_gradient_reaches_encoder() -> None:
     torch.manual_seed(0)
-    model = RQVAE(in_dim=6, hidden_dims=(5,), code_dim=4, num_levels=2, codebook_size=4, sinkhorn_last_level=False)
+    model = RQVAE(in_dim=6, hidden_dims=(5,), code_dim=4, num_levels=2, codebook_size=4, sinkhorn_levels=())
     x = torch.randn(20, 6)
     model.init_codebooks(model.encode(x).detach(), iters=5, seed=0)
     out = model(x)
@@ -198,7 +198,7 @@ def test_kmeans_is_deterministic_given_seed() -> None:
 
 def test_codebook_init_places_codes_on_data() -> None:
     torch.manual_seed(0)
-    model = RQVAE(in_dim=6, hidden_dims=(), code_dim=6, num_levels=2, codebook_size=8, sinkhorn_last_level=False)
+    model = RQVAE(in_dim=6, hidden_dims=(), code_dim=6, num_levels=2, codebook_size=8, sinkhorn_levels=())
     x = _blobs(25, 6.0 * torch.randn(8, 6, generator=torch.Generator().manual_seed(5)), 0.05, seed=2)
     z = model.encode(x).detach()
     model.init_codebooks(z, iters=50, seed=0)
@@ -299,7 +299,7 @@ def test_plain_rqvae_needs_no_cf_and_skips_letter_terms(monkeypatch: pytest.Monk
     monkeypatch.setattr(trainer_mod, "diversity_loss", boom)
     monkeypatch.setattr(trainer_mod, "balanced_kmeans", boom)
     emb, _ = tiny_data()
-    res = fit_tokenizer(emb, None, tiny_cfg(alpha=0.0, beta=0.0), progress=False)
+    res = fit_tokenizer(emb, None, tiny_cfg(alpha=0.0, beta=0.0, recon_scale="none"), progress=False)
     assert set(res.history) == {"total", "recon", "quant"}
     assert res.model.cf_proj is None
     assert np.allclose(np.array(res.history["total"]), np.array(res.history["recon"]) + np.array(res.history["quant"]))
@@ -400,3 +400,84 @@ def test_cf_loss_groups_cf_neighbours_under_first_code() -> None:
     assert shares[0.0] < 0.1  # chance level for 16 first-level codes is 0.0625
     assert shares[0.02] > shares[0.0]
     assert shares[0.5] > 2 * shares[0.0]
+
+
+# ---------------------------------------------------------------- issue 12 options
+
+
+def test_sinkhorn_levels_parse_and_fail_clearly() -> None:
+    from recbole_letter.tokenization.rqvae import sinkhorn_level_set
+
+    assert sinkhorn_level_set((-1,), 4) == {3}
+    assert sinkhorn_level_set([2, 3, -1], 4) == {1, 2, 3}
+    assert sinkhorn_level_set((), 4) == frozenset()
+    for bad in ([0], [5], [-5]):
+        with pytest.raises(ValueError, match="does not exist with num_levels=4"):
+            sinkhorn_level_set(bad, 4)
+    with pytest.raises(TypeError, match="list of level numbers"):
+        sinkhorn_level_set("4", 4)
+    with pytest.raises(ValueError, match="num_levels=3"):
+        TokenizerConfig(num_levels=3, codebook_size=8, n_div_clusters=2, sinkhorn_levels=[4])
+    assert TokenizerConfig(sinkhorn_levels=[2, 3]).sinkhorn_levels == (2, 3)  # YAML lists become tuples
+
+
+def test_sinkhorn_on_several_levels_balances_each_of_them() -> None:
+    # 64 points all nearest to code 0 at both levels: argmin piles them up, Sinkhorn spreads them
+    model = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=2, codebook_size=4, sinkhorn_levels=[1, 2])
+    with torch.no_grad():
+        model.encoder[0].weight.copy_(torch.eye(2))
+        for book in model.codebooks:
+            book.copy_(torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 9.0], [9.0, 9.0]]))
+    model.codebooks_initialised.fill_(True)
+    x = 0.1 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    nearest = model.get_codes(x, use_sinkhorn=False)
+    assert (nearest == 0).all()
+    balanced = model.get_codes(x)
+    for lvl in range(2):
+        assert torch.bincount(balanced[:, lvl], minlength=4).min() >= 10
+    only_last = RQVAE(in_dim=2, hidden_dims=(), code_dim=2, num_levels=2, codebook_size=4)
+    only_last.load_state_dict(model.state_dict())
+    assert (only_last.get_codes(x)[:, 0] == 0).all()  # default: Sinkhorn on the last level only
+
+
+def test_recon_scale_divides_by_input_variance() -> None:
+    x = torch.tensor([[0.0, 0.0], [2.0, 4.0]])  # per-dim variances 1 and 4
+    assert trainer_mod.reconstruction_normaliser(x, "variance") == pytest.approx(2.5)
+    assert trainer_mod.reconstruction_normaliser(x, "none") == 1.0
+    with pytest.raises(ValueError, match="vary"):
+        trainer_mod.reconstruction_normaliser(torch.ones(3, 2), "variance")
+    with pytest.raises(ValueError, match="recon_scale must be one of"):
+        TokenizerConfig(recon_scale="std")
+    # the training loss uses recon / variance; the history keeps the raw MSE next to it
+    emb, _ = tiny_data(n=80)
+    res = fit_tokenizer(emb, None, tiny_cfg(alpha=0.0, beta=0.0, recon_scale="variance", epochs=2), progress=False)
+    var = float(emb.var(axis=0).mean())
+    for total, recon, quant in zip(res.history["total"], res.history["recon"], res.history["quant"]):
+        assert total == pytest.approx(recon / var + quant, rel=1e-4)
+
+
+def test_fit_reports_explained_variance_of_the_decoded_codes() -> None:
+    from recbole_letter.tokenization.report import explained_variance
+
+    emb, cf = tiny_data(n=120)
+    res = fit_tokenizer(emb, cf, tiny_cfg(alpha=0.05, beta=1e-3), progress=False)
+    x_hat = trainer_mod.decode_codes(res.model, torch.from_numpy(res.codes)).numpy()
+    assert res.explained_variance == pytest.approx(explained_variance(emb, x_hat))
+    assert res.explained_variance < 1.0 and np.isfinite(res.explained_variance)
+
+
+def test_id_sinkhorn_levels_balance_final_ids_without_changing_training() -> None:
+    from recbole_letter.tokenization.report import gini
+
+    assert tiny_cfg(id_sinkhorn_from_level=2).id_sinkhorn_levels == [2, 3]
+    assert tiny_cfg(id_sinkhorn_from_level=0).id_sinkhorn_levels == [3]  # the training levels only
+    assert tiny_cfg(id_sinkhorn_from_level=0, sinkhorn_levels=()).id_sinkhorn_levels == []
+    with pytest.raises(ValueError, match="id_sinkhorn_from_level=4"):
+        tiny_cfg(id_sinkhorn_from_level=4)
+    emb, cf = tiny_data(n=160)
+    plain = fit_tokenizer(emb, cf, tiny_cfg(id_sinkhorn_from_level=0), progress=False)
+    balanced = fit_tokenizer(emb, cf, tiny_cfg(id_sinkhorn_from_level=2), progress=False)
+    assert plain.history == balanced.history  # same network: only the final assignment differs
+    assert np.array_equal(plain.codes[:, 0], balanced.codes[:, 0])  # the first level is untouched
+    assert gini(np.bincount(balanced.codes[:, 1], minlength=8)) < gini(np.bincount(plain.codes[:, 1], minlength=8))
+    assert np.array_equal(encode_codes(balanced.model, emb, tiny_cfg(id_sinkhorn_from_level=2)), balanced.codes)

@@ -86,8 +86,14 @@ def resolve_dataset_dir(dataset: str, data_path: str | Path, cache_root: str | P
 
 def read_atomic_header(path: Path) -> dict[str, str]:
     """``{field: type}`` from an atomic file's header line (``name:type`` tab-separated)."""
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n")
+    with open(path, "rb") as f:
+        raw = f.readline()
+    try:
+        header = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}, line 1 (header): not valid UTF-8 (byte {err.start + 1}). Fix: re-save the file as UTF-8."
+        ) from None
     fields: dict[str, str] = {}
     for column in header.split("\t"):
         name, _, kind = column.partition(":")

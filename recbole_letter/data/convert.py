@@ -716,7 +716,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; prints the one-line summary, or a one-line error and returns 1."""
+    """CLI entry point; prints the one-line summary, or a one-line error and returns 2 (bad input)."""
     args = _build_parser().parse_args(argv)
     try:
         if args.source == "letter":
@@ -728,7 +728,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
     except (ValueError, FileNotFoundError) as exc:
         print(f"convert: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(summary.line())
     return 0
 

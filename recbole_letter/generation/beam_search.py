@@ -48,6 +48,7 @@ def constrained_beam_search(
     index: PrefixIndex,
     token_offsets: list[int],
     beam_size: int,
+    renormalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Find the ``beam_size`` most probable real items per context.
 
@@ -57,6 +58,11 @@ def constrained_beam_search(
         token_offsets: vocabulary id of code 0 of each level (code ``c`` of level ``l`` is token
             ``token_offsets[l] + c``).
         beam_size: beams kept per context.
+        renormalize: score each code by its log-probability renormalised over the codes the
+            beam's prefix allows (the model was trained that way, see
+            :func:`~recbole_letter.generation.losses.trie_log_probs`), instead of its
+            log-probability over the whole vocabulary (HF ``generate`` with a prefix
+            constraint, as in the TIGER / LETTER code).
 
     Returns:
         ``(items, scores)``, both ``[B, beam_size]``, sorted by descending score. ``scores`` are
@@ -79,6 +85,9 @@ def constrained_beam_search(
         offset = token_offsets[level]
         level_log_probs = log_probs[..., offset : offset + index.level_sizes[level]]
         cand = index.candidates(level, prefix, level_log_probs)  # [B, beams, width]
+        if renormalize:
+            norm = torch.logsumexp(cand, dim=-1, keepdim=True)
+            cand = torch.where(torch.isfinite(norm), cand - norm, cand)  # dead beams stay -inf
         width = cand.shape[-1]
         cand = (scores.unsqueeze(-1) + cand).flatten(1)
         k = min(beam_size, cand.shape[1])

@@ -19,9 +19,10 @@ each lead to". Two layouts store that answer:
 
 Both layouts number prefixes identically (lexicographic order of the code tuples) and list a
 prefix's allowed codes in ascending order, so a beam search returns the same items and bitwise
-the same scores with either; :class:`PrefixIndex` picks one and exposes the small interface the
-search needs (:meth:`PrefixIndex.width`, :meth:`PrefixIndex.candidates`,
-:meth:`PrefixIndex.follow`).
+the same scores with either, and each level can use its own: :class:`PrefixIndex` picks one per
+level (``auto``: dense for the shallow levels where nearly every code is a child, sparse for the
+deep ones) and exposes the small interface the search needs (:meth:`PrefixIndex.width`,
+:meth:`PrefixIndex.candidates`, :meth:`PrefixIndex.follow`).
 """
 from __future__ import annotations
 
@@ -31,91 +32,81 @@ from torch import nn
 
 LAYOUTS = ("auto", "dense", "sparse")
 
-# ``auto`` picks the dense layout only while its tables stay below this size (a few MB is
-# harmless; the hundreds of MB to GB of large catalogues are not) ...
-AUTO_DENSE_MAX_BYTES = 64 * 2**20
-# ... and only where it does less work per step. A dense slot is one addition; a sparse slot is
-# two gathers and a mask, measured ~2x the cost of a dense slot (index-only rows of
-# benchmarks/scale.py). So dense wins on nearly full tries (every prefix has almost all codes as
-# children) and sparse wins on the usual semantic-ID tables, where deep prefixes have few children.
+# ``auto`` gives a level the dense layout only where that does less work per step ...
+# A dense slot is one addition; a sparse slot is two gathers and a mask, measured at 1.7-3.6x
+# the cost of a dense slot on full tries where both score the same slots (benchmarks/scale.py,
+# last line of its table). 2, the low end, leans towards the smaller sparse layout when the two
+# are close. So dense wins where a level's prefixes have almost all codes as children (the
+# first level or two), sparse where they have a few.
 SPARSE_SLOT_COST = 2.0
+# ... and only while all dense levels together stay below this size (a few MB is harmless; the
+# hundreds of MB to GB of deep levels in large catalogues are not).
+AUTO_DENSE_MAX_BYTES = 64 * 2**20
 
 
-class _DenseLevels(nn.Module):
-    """Per level: child ids ``[n_prefixes, codes]`` (``-1`` = invalid) and an additive mask."""
+class _DenseLevel(nn.Module):
+    """Child ids ``[n_prefixes, codes]`` (``-1`` = invalid) and an additive ``0 / -inf`` mask."""
 
-    def __init__(self, level_sizes: list[int], n_prefixes: list[int], edges: list[tuple]) -> None:
+    layout = "dense"
+
+    def __init__(self, size: int, n_parent: int, parent: torch.Tensor, code: torch.Tensor, child: torch.Tensor) -> None:
         super().__init__()
-        for level, (size, n_parent, (parent, code, child)) in enumerate(zip(level_sizes, n_prefixes, edges)):
-            table = torch.full((n_parent, size), -1, dtype=torch.long)
-            table[parent, code] = child
-            mask = torch.zeros(n_parent, size)
-            mask.masked_fill_(table < 0, float("-inf"))
-            # Non-persistent: derived from the ID table, so checkpoints need not carry them.
-            self.register_buffer(f"child_{level}", table, persistent=False)
-            self.register_buffer(f"mask_{level}", mask, persistent=False)
-        self.level_sizes = level_sizes
+        table = torch.full((n_parent, size), -1, dtype=torch.long)
+        table[parent, code] = child
+        mask = torch.zeros(n_parent, size)
+        mask.masked_fill_(table < 0, float("-inf"))
+        # Non-persistent: derived from the ID table, so checkpoints need not carry them.
+        self.register_buffer("child", table, persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
+        self.width = size
 
-    def width(self, level: int) -> int:
-        return self.level_sizes[level]
+    def candidates(self, prefix: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+        return log_probs + self.mask[prefix]
 
-    def candidates(self, level: int, prefix: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-        return log_probs + getattr(self, f"mask_{level}")[prefix]
-
-    def follow(self, level: int, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return slot, getattr(self, f"child_{level}")[prefix, slot]
+    def follow(self, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return slot, self.child[prefix, slot]
 
 
-class _SparseLevels(nn.Module):
-    """Per level: CSR ``row_ptr [n_prefixes + 1]`` into code-sorted ``codes [edges]``.
+class _SparseLevel(nn.Module):
+    """CSR: ``row_ptr [n_prefixes + 1]`` into the code-sorted children ``codes [edges]``.
 
     The child prefix of edge ``e`` is ``e`` itself (edges are the next level's prefixes, numbered
     in the same lexicographic order), so only the last level stores an edge -> item id array.
     """
 
-    def __init__(self, n_prefixes: list[int], edges: list[tuple]) -> None:
+    layout = "sparse"
+
+    def __init__(self, n_parent: int, parent: torch.Tensor, code: torch.Tensor, child: torch.Tensor, last: bool) -> None:
         super().__init__()
-        self.max_degree: list[int] = []
-        self.n_edges: list[int] = []
-        last = len(edges) - 1
-        for level, (n_parent, (parent, code, child)) in enumerate(zip(n_prefixes, edges)):
-            degree = torch.bincount(parent, minlength=n_parent)
-            row_ptr = torch.zeros(n_parent + 1, dtype=torch.long)
-            torch.cumsum(degree, 0, out=row_ptr[1:])
-            self.register_buffer(f"row_ptr_{level}", row_ptr, persistent=False)
-            self.register_buffer(f"codes_{level}", code.clone(), persistent=False)
-            self.max_degree.append(int(degree.max()))
-            self.n_edges.append(int(code.numel()))
-            if level == last:
-                self.register_buffer("items", child.clone(), persistent=False)
+        degree = torch.bincount(parent, minlength=n_parent)
+        row_ptr = torch.zeros(n_parent + 1, dtype=torch.long)
+        torch.cumsum(degree, 0, out=row_ptr[1:])
+        self.register_buffer("row_ptr", row_ptr, persistent=False)
+        self.register_buffer("codes", code.clone(), persistent=False)
+        self.register_buffer("items", child.clone() if last else None, persistent=False)
+        self.width = int(degree.max())
+        self.n_edges = int(code.numel())
 
-    def width(self, level: int) -> int:
-        return self.max_degree[level]
-
-    def _edges(self, level: int, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _edges(self, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Edge position of ``slot`` in each prefix's run (clamped in range) and its validity.
 
         ``slot`` has ``prefix``'s shape, or one more trailing dimension (all slots of each beam).
         """
-        row_ptr = getattr(self, f"row_ptr_{level}")
-        start = row_ptr[prefix]
-        degree = row_ptr[prefix + 1] - start
+        start = self.row_ptr[prefix]
+        degree = self.row_ptr[prefix + 1] - start
         if slot.dim() > prefix.dim():
             start, degree = start.unsqueeze(-1), degree.unsqueeze(-1)
-        edge = (start + slot).clamp_max(self.n_edges[level] - 1)
-        return edge, slot < degree
+        return (start + slot).clamp_max(self.n_edges - 1), slot < degree
 
-    def candidates(self, level: int, prefix: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-        slots = torch.arange(self.max_degree[level], device=prefix.device).expand(*prefix.shape, -1)
-        edge, valid = self._edges(level, prefix, slots)
-        code = getattr(self, f"codes_{level}")[edge]
-        return log_probs.gather(-1, code).masked_fill_(~valid, float("-inf"))
+    def candidates(self, prefix: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+        slots = torch.arange(self.width, device=prefix.device).expand(*prefix.shape, -1)
+        edge, valid = self._edges(prefix, slots)
+        return log_probs.gather(-1, self.codes[edge]).masked_fill_(~valid, float("-inf"))
 
-    def follow(self, level: int, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        edge, valid = self._edges(level, prefix, slot)
-        code = getattr(self, f"codes_{level}")[edge]
-        child = self.items[edge] if level == len(self.max_degree) - 1 else edge
-        return code, child.masked_fill(~valid, -1)
+    def follow(self, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        edge, valid = self._edges(prefix, slot)
+        child = edge if self.items is None else self.items[edge]
+        return self.codes[edge], child.masked_fill(~valid, -1)
 
 
 class PrefixIndex(nn.Module):
@@ -125,7 +116,8 @@ class PrefixIndex(nn.Module):
     of length ``l``, identified by a prefix id in ``[0, n_prefixes[l])`` (level 0 has the single
     empty prefix, id 0). A step offers ``width(l)`` candidate *slots* per beam:
     :meth:`candidates` scores them, :meth:`follow` turns the chosen slots into codes and next
-    prefix ids (item ids at the last level), ``-1`` where a slot is not a real child.
+    prefix ids (item ids at the last level), ``-1`` where a slot is not a real child. Each level
+    has its own layout; ``layouts`` lists them.
     """
 
     def __init__(self, table: np.ndarray | torch.Tensor, layout: str = "auto") -> None:
@@ -134,8 +126,9 @@ class PrefixIndex(nn.Module):
         Args:
             table: int ``[n_items, L]`` semantic IDs aligned with internal item ids; rows whose
                 codes are all negative (row 0 = padding) are not items and are skipped.
-            layout: ``dense``, ``sparse`` or ``auto`` (dense where its tables take at most
-                :data:`AUTO_DENSE_MAX_BYTES` and its steps are cheaper, see :func:`_auto_layout`).
+            layout: ``dense`` or ``sparse`` for every level, or ``auto``: per level, dense where
+                it does less work and all dense levels fit in :data:`AUTO_DENSE_MAX_BYTES`
+                (see :func:`_auto_layouts`), sparse elsewhere.
         """
         super().__init__()
         if layout not in LAYOUTS:
@@ -163,18 +156,39 @@ class PrefixIndex(nn.Module):
         codes = codes[item_ids]
         self.n_levels: int = int(codes.shape[1])
         self.level_sizes: list[int] = [int(s) + 1 for s in codes.max(axis=0)]
-        self.n_prefixes, edges = _number_prefixes(codes, item_ids)
+        self.n_prefixes, edges, prefixes = _number_prefixes(codes, item_ids)
+        item_prefixes = torch.zeros(self.n_items_total, self.n_levels, dtype=torch.long)
+        item_prefixes[torch.from_numpy(item_ids)] = torch.from_numpy(prefixes)
+        # [n_items_total, L]: id of each item's length-l prefix (the beam state entering level l),
+        # what a loss normalised over the valid codes (``candidates``) needs per target item.
+        self.register_buffer("item_prefixes", item_prefixes, persistent=False)
         if layout == "auto":
-            layout = _auto_layout(self.level_sizes, self.n_prefixes, [_max_degree(e[0]) for e in edges])
-        self.layout: str = layout
-        if layout == "dense":
-            self.levels: nn.Module = _DenseLevels(self.level_sizes, self.n_prefixes, edges)
+            layouts = _auto_layouts(self.level_sizes, self.n_prefixes, [_max_degree(e[0]) for e in edges])
         else:
-            self.levels = _SparseLevels(self.n_prefixes, edges)
+            layouts = [layout] * self.n_levels
+        self.levels = nn.ModuleList(
+            _DenseLevel(size, n_parent, *level_edges)
+            if kind == "dense"
+            else _SparseLevel(n_parent, *level_edges, last=level == self.n_levels - 1)
+            for level, (kind, size, n_parent, level_edges) in enumerate(
+                zip(layouts, self.level_sizes, self.n_prefixes, edges)
+            )
+        )
+
+    @property
+    def layouts(self) -> list[str]:
+        """Layout of each level, ``dense`` or ``sparse``."""
+        return [level.layout for level in self.levels]
+
+    @property
+    def layout(self) -> str:
+        """``dense`` or ``sparse`` when every level has it, else ``mixed``."""
+        kinds = set(self.layouts)
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def width(self, level: int) -> int:
         """Candidate slots per beam at ``level`` (dense: the level's codes; sparse: max children)."""
-        return self.levels.width(level)
+        return self.levels[level].width
 
     def candidates(self, level: int, prefix: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
         """Scores ``[..., width(level)]`` of each beam's slots: the code's log-prob, ``-inf`` if not allowed.
@@ -183,7 +197,7 @@ class PrefixIndex(nn.Module):
             prefix: ``[...]`` prefix ids of length ``level``.
             log_probs: ``[..., level_sizes[level]]`` log-probabilities of this level's codes.
         """
-        return self.levels.candidates(level, prefix, log_probs)
+        return self.levels[level].candidates(prefix, log_probs)
 
     def follow(self, level: int, prefix: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(code, child)`` of the chosen ``slot`` of each ``prefix`` (same shapes).
@@ -191,15 +205,16 @@ class PrefixIndex(nn.Module):
         ``child`` is the prefix id of length ``level + 1`` (the item id at the last level), ``-1``
         where the slot is not a real child; ``code`` is then an arbitrary valid code.
         """
-        return self.levels.follow(level, prefix, slot)
+        return self.levels[level].follow(prefix, slot)
 
     def nbytes(self) -> int:
-        """Bytes held by the index tensors (what grows with the catalogue)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes held by the decoding tables (what grows with the catalogue); ``item_prefixes``
+        (``8 * n_levels`` bytes per item, used by training losses only) is not counted."""
+        return sum(b.numel() * b.element_size() for b in self.levels.buffers())
 
     def extra_repr(self) -> str:
         return (
-            f"layout={self.layout}, level_sizes={self.level_sizes}, n_prefixes={self.n_prefixes}, "
+            f"layouts={self.layouts}, level_sizes={self.level_sizes}, n_prefixes={self.n_prefixes}, "
             f"{self.nbytes() / 2**20:.1f} MB"
         )
 
@@ -209,23 +224,26 @@ def _max_degree(parent: torch.Tensor) -> int:
     return int(torch.unique_consecutive(parent, return_counts=True)[1].max())
 
 
-def _auto_layout(level_sizes: list[int], n_prefixes: list[int], max_degree: list[int]) -> str:
-    """``dense`` when its tables are small and it scores fewer slot-costs per beam, else ``sparse``.
+def _auto_layouts(level_sizes: list[int], n_prefixes: list[int], max_degree: list[int]) -> list[str]:
+    """Per level, ``dense`` where it scores fewer slot-costs per beam and still fits, else ``sparse``.
 
-    Per beam, a dense step scores ``level_sizes[l]`` slots and a sparse one ``max_degree[l]``
-    slots at :data:`SPARSE_SLOT_COST` each. Level 0 is left out of the comparison when there are
-    deeper levels: it runs once per user with a single beam, the others with the whole beam.
+    Per beam a dense step scores ``level_sizes[l]`` slots, a sparse one ``max_degree[l]`` slots
+    at :data:`SPARSE_SLOT_COST` each. Levels are visited shallow first (their tables are the
+    small ones); a level whose ``12 * n_prefixes * codes`` bytes would take the dense total over
+    :data:`AUTO_DENSE_MAX_BYTES` stays sparse.
     """
-    dense_bytes = sum(12 * n * size for n, size in zip(n_prefixes, level_sizes))
-    if dense_bytes > AUTO_DENSE_MAX_BYTES:
-        return "sparse"
-    levels = slice(1, None) if len(level_sizes) > 1 else slice(None)
-    dense_work = sum(level_sizes[levels])
-    sparse_work = SPARSE_SLOT_COST * sum(max_degree[levels])
-    return "dense" if dense_work <= sparse_work else "sparse"
+    layouts, dense_bytes = [], 0
+    for size, n_parent, degree in zip(level_sizes, n_prefixes, max_degree):
+        level_bytes = 12 * n_parent * size
+        if size <= SPARSE_SLOT_COST * degree and dense_bytes + level_bytes <= AUTO_DENSE_MAX_BYTES:
+            layouts.append("dense")
+            dense_bytes += level_bytes
+        else:
+            layouts.append("sparse")
+    return layouts
 
 
-def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int], list[tuple]]:
+def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int], list[tuple], np.ndarray]:
     """Number every distinct prefix in lexicographic order and list each level's edges.
 
     Sorting the tuples once puts every prefix's children next to each other, in code order; a
@@ -233,7 +251,8 @@ def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int]
     first ``l + 1`` codes. Returns ``n_prefixes`` (per level, the prefixes of length ``l``) and
     per level ``(parent, code, child)`` int64 tensors, one entry per edge, sorted by parent then
     code; ``child`` is the edge's own index (= the next level's prefix id), or the item id at the
-    last level. Raises on duplicate tuples.
+    last level; and ``[n_items, L]`` the prefix id of each item's first ``l`` codes (rows in the
+    order of ``item_ids``). Raises on duplicate tuples.
     """
     n_items, n_levels = codes.shape
     order = np.lexsort(codes.T[::-1])
@@ -249,8 +268,10 @@ def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int]
     n_prefixes: list[int] = []
     edges: list[tuple] = []
     parent_of_row = np.zeros(n_items, dtype=np.int64)  # prefix id of length l of each sorted row
+    prefixes = np.empty((n_items, n_levels), dtype=np.int64)
     n_parent = 1
     for level in range(n_levels):
+        prefixes[order, level] = parent_of_row
         starts = np.flatnonzero(new_prefix[:, level])
         if level + 1 < n_levels:
             child = np.arange(starts.size, dtype=np.int64)
@@ -266,4 +287,4 @@ def _number_prefixes(codes: np.ndarray, item_ids: np.ndarray) -> tuple[list[int]
         n_prefixes.append(n_parent)
         parent_of_row = np.cumsum(new_prefix[:, level], dtype=np.int64) - 1
         n_parent = starts.size
-    return n_prefixes, edges
+    return n_prefixes, edges, prefixes

@@ -24,10 +24,13 @@ class T5BeamStepper:
     def __init__(
         self,
         t5: T5ForConditionalGeneration,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor,
         use_cache: bool = True,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> None:
+        """``input_ids`` are the encoder's tokens; pass ``None`` and ``inputs_embeds`` ``[B, S, d]``
+        to feed ready input vectors instead (TIGER's one-vector-per-item encoder input)."""
         if t5.training:
             raise RuntimeError("beam search needs the model in eval mode (dropout off); call model.eval() first")
         self.t5 = t5
@@ -35,7 +38,9 @@ class T5BeamStepper:
         self.use_cache = use_cache
         self.n_heads = t5.config.num_heads
         self.d_kv = t5.config.d_kv
-        encoded = t5.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        encoded = t5.encoder(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        ).last_hidden_state
         batch, length, _ = encoded.shape
         self.batch = batch
         dtype = encoded.dtype

@@ -51,6 +51,9 @@ class SemanticIDRecommender(SequentialRecommender):
     trainer_class = GenerativeTrainer
     # Stages the runner resolves before construction; each lands in config[<name>].
     required_stages: tuple[str, ...] = (SEMANTIC_ID_TABLE,)
+    # True: beam scores renormalise each level over the codes the prefix allows (a subclass
+    # trained with generation.losses.trie_log_probs sets it); False: whole-vocabulary log-probs.
+    renormalize_codes: bool = False
 
     def __init__(self, config: Any, dataset: Any) -> None:
         super().__init__(config, dataset)
@@ -184,7 +187,9 @@ class SemanticIDRecommender(SequentialRecommender):
         """Top ``beam_size`` items ``[B, K]`` and their log-probs, best first (no chunking);
         ``options`` go to :meth:`make_stepper`."""
         stepper = self.make_stepper(interaction, **options)
-        return constrained_beam_search(stepper, self.index, self.token_offsets, self.beam_size)
+        return constrained_beam_search(
+            stepper, self.index, self.token_offsets, self.beam_size, renormalize=self.renormalize_codes
+        )
 
     @torch.no_grad()
     def full_sort_predict(self, interaction: Any) -> torch.Tensor:

@@ -24,6 +24,7 @@ from recbole_letter.stages.item_tokenizer import (
     load_or_fit_tokenizer,
     publish,
     tokenizer_config_from,
+    tokenizer_source,
 )
 
 
@@ -43,12 +44,15 @@ class TokenizerFit(AbstractTrainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         dataset = train_data._dataset
-        tok = load_or_fit_tokenizer(self.config, dataset, self.model.method)
+        source = tokenizer_source(self.config, self.model.method)  # a fit, or an index.json to report on
+        tok = load_or_fit_tokenizer(self.config, dataset, source)
         report = dict(build_report(tok, self.config, dataset))
         fit_stats = json.loads((tok.entry / "fit.json").read_text(encoding="utf-8")) if tok.entry else {}
         report["fit_seconds"] = float(fit_stats.get("fit_seconds", float("nan")))
+        # share of the text-embedding variance the decoded IDs reconstruct (n/a for an imported index)
+        report["explained_variance"] = float(fit_stats.get("explained_variance", float("nan")))
         self.train_loss_dict = dict(enumerate(fit_stats.get("history", {}).get("total", [])))
-        self.artefacts = publish(tok, self.config, self.model.method)
+        self.artefacts = publish(tok, self.config, self.model.method if source == self.model.method else "imported")
         if tok.entry is not None:
             self.artefacts["cache_entry"] = str(tok.entry)
         if verbose:

@@ -82,12 +82,15 @@ def _cf_model_class(name: str) -> type:
     return LightGCN
 
 
-def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_dir: Path) -> None:
-    """Train ``name`` on the training split of ``config``'s dataset and save embeddings by token."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_trainer, init_seed
+def cf_run_config(config: Any, out_dir: Path | None = None) -> tuple[Any, type, dict]:
+    """The RecBole Config the CF model trains with, its class, and the ``cf_config`` overrides
+    (built without training, so the runner can check those values before any stage runs)."""
+    name, epochs, overrides = _cf_settings(config)
+    return _cf_config(config, name, epochs, overrides, out_dir or Path(config["checkpoint_dir"] or "saved")), \
+        _cf_model_class(name), overrides
 
-    from recbole_letter import compat
+
+def _cf_config(config: Any, name: str, epochs: int, overrides: dict, out_dir: Path) -> Any:
     from recbole_letter.config import build_config
 
     params = {k: config[k] for k in _SPLIT_KEYS if config[k] is not None}
@@ -100,8 +103,18 @@ def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_di
             "checkpoint_dir": str(out_dir),
         }
     )
+    return build_config(_cf_model_class(name), config["dataset"], config_dict=params)
+
+
+def _train_cf_model(config: Any, name: str, epochs: int, overrides: dict, out_dir: Path) -> None:
+    """Train ``name`` on the training split of ``config``'s dataset and save embeddings by token."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_trainer, init_seed
+
+    from recbole_letter import compat
+
     model_class = _cf_model_class(name)
-    cf_config = build_config(model_class, config["dataset"], config_dict=params)
+    cf_config = _cf_config(config, name, epochs, overrides, out_dir)
     init_seed(cf_config["seed"], cf_config["reproducibility"])
     data = create_dataset(cf_config)
     train_data, _valid, _test = data_preparation(cf_config, data)

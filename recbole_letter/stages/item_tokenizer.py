@@ -52,7 +52,9 @@ CONFIG_KEYS: dict[str, str] = {
     "commitment_beta": "commitment_beta",
     "kmeans_init": "kmeans_init",
     "kmeans_iters": "kmeans_iters",
-    "sinkhorn_last_level": "sinkhorn_last_level",
+    "sinkhorn_levels": "sinkhorn_levels",
+    "id_sinkhorn_from_level": "id_sinkhorn_from_level",
+    "recon_scale": "recon_scale",
     "sinkhorn_epsilon": "sinkhorn_epsilon",
     "sinkhorn_iters": "sinkhorn_iters",
     "alpha": "alpha",
@@ -198,6 +200,7 @@ def _fit_arrays(
         "cf_dim": None if cf is None else int(cf.shape[1]),
         "fit_seconds": result.fit_seconds,
         "items_per_second": result.items_per_second,
+        "explained_variance": result.explained_variance,
         "resolution": info,
         "history": result.history,
     }
@@ -277,23 +280,26 @@ def _load_or_fit(config: Any, dataset: Any, method: str | None) -> ItemTokenizer
     return _load_entry(entry)
 
 
-def chance_agreement(first_level: np.ndarray) -> float:
-    """Probability that two distinct random items share a first-level code:
-    ``sum_c n_c (n_c - 1) / (n (n - 1))``. The CF-neighbour agreement a tokenizer gets for free
-    from its code-usage skew alone (all items on one code: 1.0)."""
-    counts = np.bincount(np.asarray(first_level, dtype=np.int64)).astype(np.float64)
-    n = counts.sum()
-    return float((counts * (counts - 1)).sum() / (n * (n - 1))) if n > 1 else float("nan")
+def report_codebook_sizes(tok: ItemTokenizer, config: Any) -> list[int]:
+    """Codes per level K that the report's utilisation and Gini count over.
+
+    A fitted tokenizer knows its codebooks. An imported index only shows the codes it uses, so
+    each level counts ``max(codebook_size from the config, largest code + 1)``: the LETTER
+    authors' indices use 256 codes per level, and a level that used only 150 of them must be
+    reported as 150/256, not 150/150. (The ID table itself keeps the used range as vocabulary.)
+    """
+    if tok.model is not None or not isinstance(config["codebook_size"], int):
+        return list(tok.codebook_sizes)
+    return [max(int(size), int(config["codebook_size"])) for size in tok.codebook_sizes]
 
 
 def build_report(tok: ItemTokenizer, config: Any, dataset: Any) -> dict[str, float]:
-    """Quality report; CF-neighbour agreement uses the CF embeddings even for RQVAE, so that
-    LETTER and RQVAE are measured against the same neighbours.
+    """:func:`~recbole_letter.tokenization.report.tokenizer_report` of the dataset's items.
 
-    Besides :func:`~.report.tokenizer_report`'s keys, ``cf_agreement_lift`` is the agreement
-    divided by :func:`chance_agreement`: raw agreement rises when codes collapse (one code for
-    everything scores 1.0), the lift only when CF neighbours share codes more than random items
-    do. LETTER's collaborative claim is about the lift, and a collapsed tokenizer cannot fake it.
+    CF-neighbour agreement uses the dataset's CF embeddings even for RQVAE and for imported
+    indices, so every tokenizer is measured against the same neighbours; ``cf_agreement_lift``
+    (agreement over chance) is the number to compare, since raw agreement rises when codes
+    collapse (one code for everything scores 1.0) and the lift does not.
     """
     from recbole_letter.stages.cf_embeddings import item_cf_embeddings
 
@@ -301,10 +307,7 @@ def build_report(tok: ItemTokenizer, config: Any, dataset: Any) -> dict[str, flo
     table = tok.table_for(dataset)[1:]
     row = {t: i for i, t in enumerate(tok.tokens)}
     raw = tok.raw_codes[[row[t] for t in item_tokens(dataset)]]
-    report = tokenizer_report(raw, table, cf, tok.codebook_sizes)
-    chance = chance_agreement(table[:, 0])
-    report["cf_agreement_chance"] = chance
-    report["cf_agreement_lift"] = report["cf_neighbour_agreement"] / chance if chance > 0 else float("nan")
+    report = tokenizer_report(raw, table, cf, report_codebook_sizes(tok, config))
     tok.report = report
     return report
 
@@ -325,8 +328,21 @@ def semantic_id_table_for(config: Any, dataset: Any) -> SemanticIDTable:
     return SemanticIDTable.from_padded(semantic_ids_for(config, dataset))
 
 
+def tokenizer_source(config: Any, method: str) -> str:
+    """What a tokenizer model (``LETTER`` / ``RQVAE``) reports on: its own fit, or -- when
+    ``item_tokenizer`` names an index.json -- that index, so ``--model=LETTER
+    --item_tokenizer=<index.json>`` prints the published index's report next to ours."""
+    if config["item_tokenizer"] is None:  # LETTER.yaml does not set it: the model's own fit
+        return method
+    value = _method(config)
+    return method if value in METHODS else value
+
+
 def publish(tok: ItemTokenizer, config: Any, method: str) -> dict[str, str]:
-    """Copy the index JSON and a code-usage plot next to the checkpoints, where users look."""
+    """Copy the index JSON and a code-usage plot next to the checkpoints, where users look.
+
+    ``method`` names the files (``<dataset>.<method>.index.json``); an imported index is
+    published as ``imported``."""
     out_dir = Path(config["checkpoint_dir"] or "saved")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{config['dataset']}.{method}"
@@ -335,6 +351,7 @@ def publish(tok: ItemTokenizer, config: Any, method: str) -> dict[str, str]:
         shutil.copyfile(tok.entry / "index.json", index_path)
     else:
         export_index_json(tok.codes, tok.tokens, index_path)
-    plot_path = plot_code_usage(tok.codes[:, : len(tok.codebook_sizes)], tok.codebook_sizes, out_dir / f"{stem}.code_usage.png")
-    LOGGER.info("tokenizer report:\n%s", format_report(tok.report))
+    sizes = report_codebook_sizes(tok, config)
+    plot_path = plot_code_usage(tok.codes[:, : len(sizes)], sizes, out_dir / f"{stem}.code_usage.png")
+    LOGGER.info("%s", format_report(tok.report, title=f"Tokenizer report: {method} on {config['dataset']}"))
     return {"index": str(index_path), "plot": str(plot_path)}

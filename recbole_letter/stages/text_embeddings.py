@@ -315,6 +315,16 @@ def _backbone_spec(config: Any) -> BackboneSpec | None:
     )
 
 
+def encoder_settings(config: Any) -> EncoderSettings:
+    """The :class:`EncoderSettings` a config asks for (also used to check the encoder up front)."""
+    return EncoderSettings(
+        batch_size=_positive_int(config, "text_encoder_batch_size"),
+        max_length=_positive_int(config, "text_max_length"),
+        device=str(_recbole_key(config, "device") or "cpu"),
+        backbone=_backbone_spec(config),
+    )
+
+
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
@@ -354,12 +364,7 @@ def item_text_embeddings(config: Any, dataset: Any) -> np.ndarray:
     item_file = item_file_for(config)
     fields = _fields(config)
     max_chars = _cfg(config, "item_text_max_chars")
-    settings = EncoderSettings(
-        batch_size=_positive_int(config, "text_encoder_batch_size"),
-        max_length=_positive_int(config, "text_max_length"),
-        device=str(_recbole_key(config, "device") or "cpu"),
-        backbone=_backbone_spec(config),
-    )
+    settings = encoder_settings(config)
     normalize = _as_bool(config, "text_normalize")
 
     table, types = read_item_table(item_file, sep=sep)  # also raises the clear "missing .item" error

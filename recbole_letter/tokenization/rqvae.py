@@ -62,6 +62,22 @@ class RQVAEOutput:
     commitment_loss: torch.Tensor  # mean over levels
 
 
+def sinkhorn_level_set(levels: Sequence[int], num_levels: int) -> frozenset[int]:
+    """0-based level indices from 1-based ``levels`` (negative = from the end, ``-1`` = last)."""
+    if isinstance(levels, (str, bytes)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in levels):
+        raise TypeError(f"sinkhorn_levels must be a list of level numbers like [-1] or [2, 3, 4], got {levels!r}")
+    out = set()
+    for lvl in levels:
+        index = lvl - 1 if lvl > 0 else num_levels + lvl
+        if lvl == 0 or not 0 <= index < num_levels:
+            raise ValueError(
+                f"sinkhorn_levels {list(levels)}: level {lvl} does not exist with num_levels={num_levels}; "
+                f"use 1..{num_levels} or -1..-{num_levels} (-1 = last)"
+            )
+        out.add(index)
+    return frozenset(out)
+
+
 class RQVAE(nn.Module):
     """MLP encoder/decoder around ``num_levels`` residual codebooks.
 
@@ -84,8 +100,14 @@ class RQVAE(nn.Module):
             a learnable bias-free linear map ``cf_dim -> code_dim`` (``cf_proj``, trained
             jointly) aligns the two spaces; when equal (LETTER's own 32-d SASRec setting) the CF
             embedding is used as is, like the released code. ``None`` = no CF term.
-        sinkhorn_last_level: assign the last level by Sinkhorn-balanced transport instead of
-            nearest code (LETTER default), spreading items over the last codebook.
+        sinkhorn_levels: levels (1-based; negative counts from the end, ``-1`` = last) assigned
+            by Sinkhorn-balanced transport instead of nearest code, which spreads items evenly
+            over those codebooks while training. LETTER / LC-Rec: the last level only (the
+            default); ``()`` = nearest code everywhere.
+        id_sinkhorn_levels: levels assigned by Sinkhorn when the final semantic IDs are
+            computed (:meth:`get_codes`, over the whole catalogue at once); ``None`` = the same
+            as ``sinkhorn_levels``. Balancing the deeper levels only here, not in training,
+            spreads their usage without changing what the network learns (see ``fit``).
         sinkhorn_epsilon / sinkhorn_iters: entropic regularisation and iterations.
     """
 
@@ -100,9 +122,10 @@ class RQVAE(nn.Module):
         batchnorm: bool = False,
         commitment_beta: float = 0.25,
         cf_dim: int | None = None,
-        sinkhorn_last_level: bool = True,
+        sinkhorn_levels: Sequence[int] = (-1,),
         sinkhorn_epsilon: float = 0.003,
         sinkhorn_iters: int = 50,
+        id_sinkhorn_levels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(codebook_size, int):
@@ -123,7 +146,10 @@ class RQVAE(nn.Module):
         self.code_dim = int(code_dim)
         self.codebook_sizes = sizes
         self.commitment_beta = float(commitment_beta)
-        self.sinkhorn_last_level = bool(sinkhorn_last_level)
+        self.sinkhorn_levels = sinkhorn_level_set(sinkhorn_levels, num_levels)  # 0-based
+        self.id_sinkhorn_levels = (
+            self.sinkhorn_levels if id_sinkhorn_levels is None else sinkhorn_level_set(id_sinkhorn_levels, num_levels)
+        )
         self.sinkhorn_epsilon = float(sinkhorn_epsilon)
         self.sinkhorn_iters = int(sinkhorn_iters)
         dims = [self.in_dim, *[int(h) for h in hidden_dims], self.code_dim]
@@ -158,14 +184,19 @@ class RQVAE(nn.Module):
             )
         return cf_emb
 
-    def _assign(self, residual: torch.Tensor, level: int, use_sinkhorn: bool) -> torch.Tensor:
+    def _sinkhorn_levels(self, use_sinkhorn: bool | None, levels: frozenset[int] | None) -> frozenset[int]:
+        if use_sinkhorn is False:
+            return frozenset()
+        return self.sinkhorn_levels if levels is None else frozenset(levels)
+
+    def _assign(self, residual: torch.Tensor, level: int, sinkhorn_levels: frozenset[int]) -> torch.Tensor:
         d = squared_distances(residual, self.codebooks[level])
-        if use_sinkhorn and level == self.num_levels - 1:
+        if level in sinkhorn_levels:
             return sinkhorn_assign(d, self.sinkhorn_epsilon, self.sinkhorn_iters)
         return d.argmin(dim=1)
 
     def quantize(
-        self, z: torch.Tensor, use_sinkhorn: bool | None = None
+        self, z: torch.Tensor, use_sinkhorn: bool | None = None, sinkhorn_levels: frozenset[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Residual quantisation of ``z``.
 
@@ -175,7 +206,9 @@ class RQVAE(nn.Module):
         ``r_{l+1} = r_l - (r_l + sg(e_l - r_l)) = sg(r_l - e_l)``. So deeper codebooks learn
         from their codebook term, and only the first level's commitment term reaches the
         encoder (deeper commitment terms are reported but are constants for the optimiser).
-        ``use_sinkhorn=None`` follows ``self.sinkhorn_last_level``. Sinkhorn balances codes
+        ``use_sinkhorn=None`` / ``True`` use Sinkhorn on ``sinkhorn_levels`` (0-based; default
+        ``self.sinkhorn_levels``, the training levels), ``False`` nearest codes everywhere.
+        Sinkhorn balances codes
         *within the given batch*, so pass whole catalogues (or large batches) when enabled.
         """
         if not bool(self.codebooks_initialised) and self.training:
@@ -183,11 +216,11 @@ class RQVAE(nn.Module):
                 "codebooks are not initialised; call init_codebooks(encoder outputs) before training "
                 "(fit_tokenizer does this with k-means)"
             )
-        use_sk = self.sinkhorn_last_level if use_sinkhorn is None else use_sinkhorn
+        sk_levels = self._sinkhorn_levels(use_sinkhorn, sinkhorn_levels)
         residual = z
         codes, residuals, quantized, cb_terms, cm_terms = [], [], [], [], []
         for level in range(self.num_levels):  # loop over levels only
-            idx = self._assign(residual.detach(), level, use_sk)
+            idx = self._assign(residual.detach(), level, sk_levels)
             e = self.codebooks[level][idx]
             _, cb, cm = quantization_loss(residual, e, self.commitment_beta)
             codes.append(idx)
@@ -240,12 +273,12 @@ class RQVAE(nn.Module):
         if z.dim() != 2 or z.shape[1] != self.code_dim:
             raise ValueError(f"expected encoder outputs [n, {self.code_dim}], got {tuple(z.shape)}")
         gen = as_generator(seed)
-        use_sk = self.sinkhorn_last_level if use_sinkhorn is None else use_sinkhorn
+        sk_levels = self._sinkhorn_levels(use_sinkhorn, None)
         residual = z.detach()
         for level, book in enumerate(self.codebooks):
             centers, _ = kmeans(residual, book.shape[0], iters=iters, seed=gen)
             book.data.copy_(centers.to(book.dtype))
-            idx = self._assign(residual, level, use_sk)
+            idx = self._assign(residual, level, sk_levels)
             residual = residual - book[idx]
         self.codebooks_initialised.fill_(True)
 
@@ -291,6 +324,8 @@ class RQVAE(nn.Module):
 
     @torch.no_grad()
     def get_codes(self, x: torch.Tensor, use_sinkhorn: bool | None = None) -> torch.Tensor:
-        """Codes ``[B, L]`` for inputs ``x`` (eval-mode forward of encoder + quantiser only)."""
+        """Semantic IDs ``[B, L]`` for inputs ``x``: Sinkhorn on ``id_sinkhorn_levels`` (balanced
+        across the rows of ``x``, so pass the whole catalogue), or nearest codes everywhere with
+        ``use_sinkhorn=False`` (what a handful of cold-start items needs)."""
         z = self.encode(x)
-        return self.quantize(z, use_sinkhorn)[1]
+        return self.quantize(z, use_sinkhorn, self.id_sinkhorn_levels)[1]

@@ -133,12 +133,16 @@ def _slots(study: Study, n_trials: int) -> int:
 
 def _start(args: argparse.Namespace, models: Sequence[str], config_files: Sequence[str] | None,
            overrides: Mapping[str, str]) -> Study:
+    from recbole_letter.validate import InputError
+
     try:
         if getattr(args, "tune_resume", None):
             return resume_study(args, models, overrides)
         return prepare_study(args, models, config_files, overrides)
+    except InputError:
+        raise
     except (HyperFileError, TuningError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise InputError(str(exc)) from None  # bad input: the CLI prints one line and exits 2
 
 
 def run_tuning(

@@ -171,6 +171,9 @@ def prepare_study(
     # Build the config once on the driver: a missing dataset, bad file or unknown key fails now,
     # not N times inside Ray workers.
     config, spec = build_config(models[0], args.dataset, files, dict(overrides))
+    from recbole_letter.validate import validate_config
+
+    validate_config(config, spec, overrides, files)  # every value and file, as a plain run checks them
     known = set(config.final_config_dict) | documented_keys()
     unknown = [p.name for p in space if p.name not in known]
     if unknown:

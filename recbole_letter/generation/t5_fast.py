@@ -1,0 +1,207 @@
+"""Teacher-forced T5 forward for training: HF's T5 weights and math, fewer passes over memory.
+
+TIGER trains a small T5 (d_model 128) on long encoder inputs (20 history items x 4 codes = 80
+tokens). At that size the matrix products run near the CPU's peak and about half of a training
+step went to element-wise work around them (profile of ``benchmarks/train_speed.py``'s paper
+shape, one thread). :func:`t5_logits` runs the same network as
+``T5ForConditionalGeneration.forward`` (it reads the HF modules' weights, so checkpoints and
+the beam stepper are unchanged) and removes that overhead where it does not change the math:
+
+* **no decoder cache during training.** HF's forward builds an ``EncoderDecoderCache`` by
+  default and copies every layer's cross-attention keys/values into it (6% of a step);
+* **attention without SDPA's extra passes.** With dropout on, CPU SDPA falls back to its math
+  path, which multiplies q and k by the (unit) scale and copies transposed keys; here scores are
+  one batched matmul, the relative-position bias and the padding mask are combined once per
+  stack (HF: once per layer) and shared by all layers;
+* **cheaper dropout.** ``nn.Dropout`` draws one 32-bit random number per element
+  (``bernoulli_``: 12% of a step) and keeps a float mask; here one 64-bit draw gives four
+  16-bit uniforms, the 0/1 mask multiplies in the activations' dtype (a same-dtype product
+  vectorises; ``torch.where`` and bool products measured no faster than ``nn.Dropout``), the
+  1/(1-p) rescaling is folded into the next residual add, and the feed-forward's ReLU and
+  dropout are one mask. The drop probability is
+  quantised to 1/65536 (0.1 -> 0.100006); masks differ from ``nn.Dropout``'s draws, so training
+  runs match HF's in distribution, not bitwise (``benchmarks/train_speed.py`` compares loss
+  curves);
+* q/k/v (and cross-attention k/v) as one matrix product each.
+
+With dropout off (``model.eval()``) the logits equal HF's to float rounding (tested).
+``bf16=True`` runs the matrix products under CPU bfloat16 autocast (AMX / AVX512-BF16 CPUs);
+that changes the numbers, so it is off unless asked for.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import T5ForConditionalGeneration
+
+_UINT16 = 65536
+
+
+def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Boolean mask, ``True`` with probability ``1 - p`` (``p`` rounded to a multiple of 1/65536).
+
+    Four 16-bit uniforms per 64-bit draw of torch's default generator (so ``torch.manual_seed``
+    governs it), compared against a threshold: ~4x fewer generator calls than ``bernoulli_``.
+    """
+    n = 1
+    for size in shape:
+        n *= size
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+    threshold = round(p * _UINT16) - _UINT16 // 2
+    return uniform16 >= threshold
+
+
+class _Dropout:
+    """Dropout state of one forward pass: probability, scale and whether it is active."""
+
+    def __init__(self, p: float, training: bool) -> None:
+        self.active = training and p > 0
+        self.p = p
+        self.scale = 1.0 / (1.0 - p) if self.active else 1.0
+
+    def masked(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with dropped entries zeroed, *not* rescaled (the caller applies ``scale``)."""
+        if not self.active:
+            return x
+        return x * keep_mask(x.shape, self.p, x.device).to(x.dtype)
+
+    def add(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + dropout(x)`` with the rescaling folded into the add."""
+        if not self.active:
+            return residual + x
+        return torch.add(residual, self.masked(x), alpha=self.scale)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masked(x) * self.scale if self.active else x
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[B, S, H*D]`` -> ``[B, H, S, D]`` (a view)."""
+    return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, drop: _Dropout) -> torch.Tensor:
+    """T5 attention (no 1/sqrt(d) scaling): softmax(q k^T + bias) v, probabilities dropped out.
+
+    Returns ``[B, S, H*D]``. Without dropout this is SDPA (its fused CPU kernel); with dropout,
+    an explicit softmax whose dropped probabilities are rescaled after the product with ``v``
+    (a smaller tensor than the ``[B, H, S, S]`` probabilities).
+    """
+    if not drop.active:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    else:
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, dim=-1)
+        out = torch.matmul(drop.masked(probs), v) * drop.scale
+    return out.transpose(1, 2).flatten(2)
+
+
+def _feed_forward(layer, hidden: torch.Tensor, drop: _Dropout) -> torch.Tensor:
+    """``hidden + dropout(wo(dropout(relu(wi(norm(hidden))))))``: ReLU and dropout as one mask."""
+    dense = layer.DenseReluDense
+    inner = dense.wi(layer.layer_norm(hidden))
+    if drop.active:
+        with torch.no_grad():
+            keep = (keep_mask(inner.shape, drop.p, inner.device) & (inner > 0)).to(inner.dtype)
+        inner = inner * keep
+        return torch.add(hidden, drop.masked(dense.wo(inner)), alpha=drop.scale * drop.scale)
+    return hidden + dense.wo(torch.relu(inner))
+
+
+def _padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, S]`` 0/1 mask -> additive ``[B, 1, 1, S]`` bias (0 or the dtype's minimum)."""
+    bias = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype, device=mask.device)
+    return bias.masked_fill_(~mask.bool()[:, None, None, :], torch.finfo(dtype).min)
+
+
+def check_supported(t5: T5ForConditionalGeneration) -> None:
+    """The fast forward implements T5's ReLU feed-forward with tied, rescaled output embeddings."""
+    cfg = t5.config
+    if cfg.is_gated_act or cfg.dense_act_fn != "relu":
+        raise ValueError(
+            f"t5_fast supports feed_forward_proj='relu' only, got {cfg.feed_forward_proj!r}; "
+            "set fast_t5_forward: False to use HF's forward"
+        )
+
+
+def encode(
+    t5: T5ForConditionalGeneration,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T5 encoder output ``[B, S, d_model]`` from token ids or ready input embeddings."""
+    encoder = t5.encoder
+    drop = _Dropout(t5.config.dropout_rate, t5.training)
+    hidden = encoder.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    hidden = drop(hidden)
+    length = hidden.shape[1]
+    first = encoder.block[0].layer[0].SelfAttention
+    bias = first.compute_bias(length, length, device=hidden.device) + _padding_bias(attention_mask, hidden.dtype)
+    n_heads = t5.config.num_heads
+    for block in encoder.block:
+        sa_layer = block.layer[0]
+        att = sa_layer.SelfAttention
+        qkv = F.linear(sa_layer.layer_norm(hidden), torch.cat([att.q.weight, att.k.weight, att.v.weight]))
+        q, k, v = (_heads(x, n_heads) for x in qkv.chunk(3, dim=-1))
+        hidden = drop.add(hidden, att.o(_attend(q, k, v, bias, drop)))
+        hidden = _feed_forward(block.layer[-1], hidden, drop)
+    return drop(encoder.final_layer_norm(hidden))
+
+
+def decode_logits(
+    t5: T5ForConditionalGeneration,
+    encoded: torch.Tensor,
+    attention_mask: torch.Tensor,
+    decoder_input_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Teacher-forced decoder logits ``[B, T, vocab]`` (causal self-attention, no cache)."""
+    decoder = t5.decoder
+    drop = _Dropout(t5.config.dropout_rate, t5.training)
+    n_heads = t5.config.num_heads
+    hidden = drop(decoder.embed_tokens(decoder_input_ids))
+    length = hidden.shape[1]
+    first = decoder.block[0].layer[0].SelfAttention
+    causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
+    self_bias = first.compute_bias(length, length, device=hidden.device).masked_fill(
+        causal, torch.finfo(hidden.dtype).min
+    )
+    cross_bias = _padding_bias(attention_mask, encoded.dtype)
+    for block in decoder.block:
+        sa_layer, ca_layer = block.layer[0], block.layer[1]
+        att = sa_layer.SelfAttention
+        qkv = F.linear(sa_layer.layer_norm(hidden), torch.cat([att.q.weight, att.k.weight, att.v.weight]))
+        q, k, v = (_heads(x, n_heads) for x in qkv.chunk(3, dim=-1))
+        hidden = drop.add(hidden, att.o(_attend(q, k, v, self_bias, drop)))
+
+        att = ca_layer.EncDecAttention
+        q = _heads(att.q(ca_layer.layer_norm(hidden)), n_heads)
+        kv = F.linear(encoded, torch.cat([att.k.weight, att.v.weight]))
+        k, v = (_heads(x, n_heads) for x in kv.chunk(2, dim=-1))
+        hidden = drop.add(hidden, att.o(_attend(q, k, v, cross_bias, drop)))
+        hidden = _feed_forward(block.layer[-1], hidden, drop)
+    hidden = drop(decoder.final_layer_norm(hidden))
+    if t5.config.tie_word_embeddings and t5.config.scale_decoder_outputs:
+        hidden = hidden * (t5.config.d_model**-0.5)
+    return t5.lm_head(hidden)
+
+
+def t5_logits(
+    t5: T5ForConditionalGeneration,
+    attention_mask: torch.Tensor,
+    decoder_input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Same logits as ``t5(input_ids=..., attention_mask=..., decoder_input_ids=...).logits``.
+
+    Dropout follows ``t5.training``. ``bf16`` runs under CPU bfloat16 autocast (logits are
+    returned in float32 either way).
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        encoded = encode(t5, attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        logits = decode_logits(t5, encoded, attention_mask, decoder_input_ids)
+    return logits.float()
