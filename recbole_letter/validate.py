@@ -845,6 +845,14 @@ def validate_config(
     check_checkpoint_dir(config)
     scan = check_atomic_files(config, sequential=spec.model_class.type == ModelType.SEQUENTIAL)
     check_stage_inputs(config, spec, scan)
+    model_check = getattr(spec.model_class, "check_run_inputs", None)  # a model's own files (STORE: --new_items)
+    if model_check is not None:
+        try:
+            model_check(config, None if _filters_active(config) else set(scan.values))
+        except InputError:
+            raise
+        except (ValueError, FileNotFoundError) as err:
+            raise _as_input_error(err) from None
 
 
 def validate_command(
