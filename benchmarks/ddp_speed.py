@@ -74,8 +74,11 @@ def train_rank(local_rank: int, name: str, args: argparse.Namespace, data: str, 
     """One process: build data and model, one untimed warm-up epoch, one timed epoch; write timings.
 
     Module level: ``spawn`` imports it."""
+    import sys
+
     import torch
 
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: not this script's flags
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=FutureWarning)  # RecBole on pandas 2 / torch 2.13: noise here
     import recbole_letter  # noqa: F401
