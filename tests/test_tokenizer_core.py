@@ -535,3 +535,25 @@ def test_shipped_config_balances_every_deeper_level_of_the_final_ids() -> None:
     model.id_sinkhorn_levels = frozenset(lvl - 1 for lvl in released.id_sinkhorn_levels)
     collapsed = encode_codes(model, x, released)
     assert (collapsed[:, 1:3] == 0).all()  # the released assignment: levels 2-3 pile onto one code
+
+
+def test_cf_levels_contrasts_the_leading_codes_straight_through() -> None:
+    from recbole_letter.tokenization.fit import _cf_side
+
+    with pytest.raises(ValueError, match="cf_levels must be 0"):
+        tiny_cfg(cf_levels=4)  # 3 levels
+    model = RQVAE(in_dim=4, hidden_dims=(), code_dim=3, num_levels=3, codebook_size=5, sinkhorn_levels=())
+    model.init_codebooks(model.encode(torch.randn(40, 4, generator=torch.Generator().manual_seed(1))).detach(), iters=3)
+    out = model(torch.randn(6, 4, generator=torch.Generator().manual_seed(2)))
+    assert _cf_side(out, 0) is out.z_q and _cf_side(out, 3) is out.z_q  # the whole latent (released)
+    first = _cf_side(out, 1)
+    assert torch.allclose(first, out.quantized[:, 0])  # value: the first-level code
+    first.sum().backward()
+    assert model.codebooks[0].grad is None  # straight-through: the gradient goes to the encoder
+    assert model.encoder[0].weight.grad is not None and model.encoder[0].weight.grad.abs().sum() > 0
+    # the option reaches training: a different CF loss, the same shapes and finite values
+    emb, cf = tiny_data(n=120)
+    whole = fit_tokenizer(emb, cf, tiny_cfg(alpha=0.1), progress=False)
+    lead = fit_tokenizer(emb, cf, tiny_cfg(alpha=0.1, cf_levels=1), progress=False)
+    assert whole.history["cf"] != lead.history["cf"]
+    assert all(math.isfinite(v) for v in lead.history["cf"])
