@@ -95,6 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    code = _main(args, extra)
+    from recbole_letter.distributed import exit_process, launched_by_torchrun
+
+    if launched_by_torchrun():  # a rank that joined a gloo group can deadlock in interpreter teardown
+        exit_process(code)
+    return code
+
+
+def _main(args: argparse.Namespace, extra: Sequence[str]) -> int:
     try:
         return _run(args, extra)
     except KeyboardInterrupt:

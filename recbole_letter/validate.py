@@ -820,6 +820,16 @@ def check_processes(overrides: Mapping[str, Any]) -> None:
             f"offset {values['offset']} + nproc {values['nproc']} exceeds world_size {world}: those ranks would not "
             "exist. Fix: world_size = processes over all nodes, offset = ranks started on earlier nodes."
         )
+    for key in ("ddp_timeout", "ddp_stage_timeout"):
+        raw = overrides.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            seconds = float(str(raw))
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise InputError(f"--{key}={raw}: must be a number of seconds > 0. Fix: e.g. --{key}=1800.")
 
 
 def validate_config(
@@ -835,6 +845,14 @@ def validate_config(
     check_checkpoint_dir(config)
     scan = check_atomic_files(config, sequential=spec.model_class.type == ModelType.SEQUENTIAL)
     check_stage_inputs(config, spec, scan)
+    model_check = getattr(spec.model_class, "check_run_inputs", None)  # a model's own files (STORE: --new_items)
+    if model_check is not None:
+        try:
+            model_check(config, None if _filters_active(config) else set(scan.values))
+        except InputError:
+            raise
+        except (ValueError, FileNotFoundError) as err:
+            raise _as_input_error(err) from None
 
 
 def validate_command(

@@ -6,6 +6,8 @@ its code table directly as ``config["semantic_id_table"]`` (what the runner's st
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +25,7 @@ from recbole_letter.model.lcrec import LCRecTrainer
 from recbole_letter.model.store import STORE, STORE_TASKS
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable
 
+REPO = Path(__file__).resolve().parents[1]
 MODEL_YAMLS = [str(Path(__file__).resolve().parents[1] / "properties" / "model" / f"{m}.yaml") for m in ("LCRec", "STORE")]
 DATASET = "catalogue"
 SIZES = [10, 10]  # two code levels, ten codes each: the title "alpha 3 beta 7" names the code (3, 7)
@@ -187,27 +190,45 @@ def test_task_weights_are_checked(tmp_path):
         build(tmp_path, known, text2token_weight=-1)
     with pytest.raises(ValueError, match="at most 1"):
         build(tmp_path, known, token2token_weight=2.0)
+    # a share below 1 uses that share of the batch's rows as history -> next-item prompts
+    _, model, train_data, _ = build(tmp_path, known, **{**WEIGHTS_OFF, "token2token_weight": 0.5}, train_batch_size=64)
+    batch = next(iter(train_data))
+    prompts, responses = model.training_samples(batch)
+    assert 0.25 * len(batch) <= len(prompts) <= 0.75 * len(batch)
+    targets = {tuple(model.item_tokens[i].tolist()) for i in batch[model.POS_ITEM_ID].tolist()}
+    assert all(tuple(r[:-1]) in targets for r in responses)  # each answer is one of the batch's next items
 
 
-def test_cli_end_to_end_tokenizes_new_items_into_the_index(tmp_path, capsys):
-    """The whole STORE pipeline from the command line: the tiny LLM embeds the item text
-    (text_encoder: llm), RQ-VAE quantises it, STORE trains and is evaluated, and --new_items
+def cli_args(root: Path, saved: Path) -> list[str]:
+    """A tiny but complete STORE run: tiny-random LLM embeddings -> 2x8 RQ-VAE -> 3 training batches."""
+    return [
+        "--model=STORE", f"--dataset={DATASET}", f"--data_path={root}", f"--checkpoint_dir={saved}",
+        "--llm_path=tiny-random", "--epochs=1", "--train_batches_per_epoch=3", "--train_batch_size=8",
+        "--num_levels=2", "--codebook_size=8", "--code_dim=8", "--tokenizer_hidden_dims=[32]", "--tokenizer_epochs=3",
+        "--MAX_ITEM_LIST_LENGTH=3", "--eval_batch_size=256", "--show_progress=False", "--state=ERROR",
+    ]
+
+
+def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python run_recbole_letter.py ...`` in a fresh process, as a user runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "run_recbole_letter.py"), *args], cwd=cwd, env=env,
+                          text=True, capture_output=True, timeout=900)
+
+
+def test_cli_end_to_end_tokenizes_new_items_into_the_index(tmp_path):
+    """The whole STORE pipeline through ``run_recbole_letter.py``: the tiny LLM embeds the item
+    text (text_encoder: llm), RQ-VAE quantises it, STORE trains and is evaluated, and --new_items
     writes codes for items of another .item file next to every existing item's unchanged codes."""
     known, new = split_codes(30, 3)
     root = write_catalogue(tmp_path / "data", known)
     new_file = tmp_path / "new.item"
     new_file.write_text("item_id:token\ttitle:token_seq\n" + "".join(f"n{k}\t{title_of(c)}\n" for k, c in enumerate(new)))
     saved = tmp_path / "saved"
-    code = cli.main([
-        "--model=STORE", f"--dataset={DATASET}", f"--data_path={root}", f"--checkpoint_dir={saved}",
-        "--llm_path=tiny-random", "--epochs=1", "--train_batches_per_epoch=3", "--train_batch_size=8",
-        "--num_levels=2", "--codebook_size=8", "--code_dim=8", "--tokenizer_hidden_dims=[32]", "--tokenizer_epochs=3",
-        "--MAX_ITEM_LIST_LENGTH=3", "--eval_batch_size=256", "--show_progress=False", "--state=ERROR",
-        f"--new_items={new_file}",
-    ])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "STORE" in out and "error" not in out.split("test results", 1)[1].splitlines()[1]
+    proc = run_script(cli_args(root, saved) + [f"--new_items={new_file}"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stdout.split("test results", 1)[1]
+    assert "| STORE |" in table and "error" not in table.split("best validation", 1)[0]
     # the stage used the LLM encoder and the quantiser, and published the catalogue's codes
     assert list((saved / "stages" / "text_embeddings").glob("*/embeddings.npy"))
     fitted = json.loads(next((saved / "stages" / "tokenizer").glob("*/index.json")).read_text())
@@ -218,6 +239,37 @@ def test_cli_end_to_end_tokenizes_new_items_into_the_index(tmp_path, capsys):
     assert len(set(tuples)) == len(tuples)  # new items got free tuples
     first = next(iter(fitted.values()))
     assert all(len(written[f"n{k}"]) == len(first) for k in range(len(new)))
+    results = json.loads(next((saved / "results").glob("*.json")).read_text())["results"][0]
+    assert results["outputs"] == {"new_items_index": str(saved / f"{DATASET}.STORE.index.json"), "cold_items": 0, "new_items": 3}
+
+
+BAD_NEW_ITEMS = {
+    "missing file": (None, "is not a file"),
+    "no title column": ("item_id:token\tgenre:token\nn0\tdrama\n", "none of the title columns"),
+    "no id column": ("title:token_seq\nalpha 1 beta 1\n", "has no item_id column"),
+    "already in the dataset": ("item_id:token\ttitle:token_seq\nn0\talpha 1 beta 2\ni3\talpha 9 beta 9\n",
+                               "['i3'] (1 in all) are already in the dataset"),
+    "listed twice": ("item_id:token\ttitle:token_seq\nn0\talpha 1 beta 2\nn0\talpha 1 beta 3\n", "twice"),
+    "no text": ("item_id:token\ttitle:token_seq\nn0\t \nn1\talpha 1 beta 3\n", "['n0'] have an empty title"),
+    "no rows": ("item_id:token\ttitle:token_seq\n", "lists no item"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NEW_ITEMS))
+def test_bad_new_items_file_is_a_clean_error_before_any_work(tmp_path, capsys, case):
+    known, _ = split_codes(30, 0)
+    root = write_catalogue(tmp_path / "data", known)
+    content, needle = BAD_NEW_ITEMS[case]
+    new_file = tmp_path / "new.item"
+    if content is not None:
+        new_file.write_text(content)
+    saved = tmp_path / "saved"
+    code = cli.main(cli_args(root, saved) + [f"--new_items={new_file}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle in err and "new_items=" in err and "Fix:" in err, err
+    assert err.strip().startswith("error:") and "Traceback" not in err
+    assert not (saved / "stages").exists()  # rejected before any stage or training ran
 
 
 def test_token_to_text_writes_text_not_codes(tmp_path):

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recbole_letter.data.item_text import read_item_table
@@ -63,6 +64,52 @@ STORE_TASKS: dict[str, str] = {
     "token2text": "index2item",
     "titles2token": "fusionseqrec",
 }
+
+
+def _names(value: Any) -> list[str]:
+    return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+
+
+def read_new_items(item_file: str | Path, config: Any, id_field: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Item tokens and ``{"title", "description"}`` texts of a ``--new_items`` atomic ``.item`` file.
+
+    Every way the file can be unusable is a ``ValueError`` / ``FileNotFoundError`` naming the fix,
+    raised up front by :meth:`STORE.check_run_inputs` so a bad file never costs a training run.
+    """
+    path = Path(item_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"new_items={item_file!r} is not a file; give an atomic .item file with an id and a title column")
+    try:
+        table, _ = read_item_table(path, sep=config["field_separator"] or "\t")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise ValueError(f"new_items={item_file} is not a readable atomic .item file ({err}); write it as {id_field}:token<TAB>title:token_seq") from None
+    if id_field not in table.columns:
+        raise ValueError(
+            f"new_items={item_file} has no {id_field} column (columns: {list(table.columns)}); "
+            f"give its header as {id_field}:token<TAB>title:token_seq"
+        )
+    title_fields = _names(config["lcrec_title_fields"] or [])
+    description_fields = _names(config["lcrec_description_fields"] or [])
+    tokens = [str(t).strip() for t in table[id_field].tolist()]
+    if not tokens:
+        raise ValueError(f"new_items={item_file} lists no item; add one row per new item")
+    if "" in tokens:
+        raise ValueError(f"new_items={item_file}: row {tokens.index('') + 2} has an empty {id_field}; give every item an id")
+    repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+    if repeated:
+        raise ValueError(f"new_items={item_file} lists items {repeated[:5]} twice; give each new item once")
+    text = item_text_from_table(table, tokens, title_fields, description_fields, config["lcrec_text_max_chars"], id_field=id_field)
+    if text is None:
+        raise ValueError(
+            f"new_items={item_file} has none of the title columns {title_fields} or description columns "
+            f"{description_fields} (columns: {list(table.columns)}); STORE tokenizes a new item from its text, "
+            "add a title column or set lcrec_title_fields"
+        )
+    fields = [{"title": text.titles[i + 1], "description": text.descriptions[i + 1]} for i in range(len(tokens))]
+    empty = [t for t, f in zip(tokens, fields) if not (f["title"] or f["description"])]
+    if empty:
+        raise ValueError(f"new_items={item_file}: items {empty[:5]} have an empty title and description; give each new item its text")
+    return tokens, fields
 
 
 class STORE(LCRec):
@@ -223,28 +270,16 @@ class STORE(LCRec):
         Items the dataset knows but that have no code yet are filled in; unknown items are
         appended; an item that already has codes is an error (codes never change).
         """
-        path = Path(item_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"new_items={item_file!r} is not a file; give an atomic .item file with a title column")
         field = dataset.iid_field
-        table, _ = read_item_table(path, sep=self._config["field_separator"] or "\t")
-        if field not in table.columns:
-            raise ValueError(f"{path} has no {field} column; new items need ids and text ({field}:token, title:token_seq)")
-        tokens = [str(t).strip() for t in table[field].tolist()]
-        if len(set(tokens)) != len(tokens):
-            raise ValueError(f"{path} lists an item twice; give each new item once")
-        text = item_text_from_table(
-            table, tokens, self._names(self.require(self._config, "lcrec_title_fields")),
-            self._names(self.require(self._config, "lcrec_description_fields")), self.text_max_chars, id_field=field,
-        )
-        if text is None:
-            raise ValueError(f"{path} has none of the title/description columns {self._config['lcrec_title_fields']}")
-        fields = [{"title": text.titles[i + 1], "description": text.descriptions[i + 1]} for i in range(len(tokens))]
+        tokens, fields = read_new_items(item_file, self._config, field)
         known = dataset.field2token_id[field]
         known_ids = [known.get(t) for t in tokens]
         coded = [t for t, i in zip(tokens, known_ids) if i is not None and self.id_table.assigned[i]]
         if coded:
-            raise ValueError(f"items {coded[:5]} already have codes; codes never change (list only new items)")
+            raise ValueError(
+                f"new_items={item_file}: items {coded[:5]} are already in the dataset with codes, and codes never "
+                "change; remove them from the file (list only new items)"
+            )
         cold = [r for r, i in enumerate(known_ids) if i is not None]
         new = [r for r, i in enumerate(known_ids) if i is None]
         if cold:
@@ -256,6 +291,24 @@ class STORE(LCRec):
         written = self.id_table.export_index_json([str(t) for t in all_tokens], out_path)
         LOGGER.info("STORE: %d cold + %d new items tokenized; codes of all items in %s", len(cold), len(new), written)
         return {"new_items_index": str(written), "cold_items": len(cold), "new_items": len(new)}
+
+    @classmethod
+    def check_run_inputs(cls, config: Any, dataset_items: set[str] | None) -> None:
+        """Before any stage or training (``validate.validate_config``): ``--new_items`` must be a
+        readable ``.item`` file of new items with text. ``dataset_items``: the ``.inter`` item
+        tokens when they are exactly the dataset's (no filters) and every one of them will get a
+        code from the tokenizer stage; listing one of them is then an error, as after training."""
+        if not config["new_items"]:
+            return
+        tokens, _ = read_new_items(config["new_items"], config, config["ITEM_ID_FIELD"])
+        if dataset_items is not None and config["semantic_id_table"] is None:
+            taken = [t for t in tokens if t in dataset_items]
+            if taken:
+                raise ValueError(
+                    f"new_items={config['new_items']}: items {taken[:5]} ({len(taken)} in all) are already in the "
+                    f"dataset {config['dataset']} and have codes that never change; remove them from the file "
+                    "(list only new items)"
+                )
 
     def after_run(self, config: Any, dataset: Any) -> dict[str, Any] | None:
         """``--new_items=<.item file>``: after training, tokenize those items into the index JSON."""
