@@ -440,14 +440,8 @@ def _patch_recbole_quick_start() -> None:
 # (RANK/WORLD_SIZE/MASTER_ADDR in the environment) the rendezvous is env://.
 
 
-def distributed_backend(use_cuda: bool) -> str:
-    """NCCL for GPU ranks (what RecBole hard-codes), gloo for CPU ranks (NCCL has no CPU support)."""
-    return "nccl" if use_cuda else "gloo"
-
-
-def launched_by_torchrun() -> bool:
-    """torchrun / torch.distributed.run exports these for every process it starts."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+# Re-exported: these lived here before the process-group helpers moved to recbole_letter.distributed.
+from recbole_letter.distributed import distributed_backend, launched_by_torchrun  # noqa: E402
 
 
 def _init_device_any_backend(self: Any) -> None:
@@ -470,16 +464,17 @@ def _init_device_any_backend(self: Any) -> None:
             f"{len(gpu_id.split(','))}. Fix: --gpu_id=0,1,... with nproc entries, or lower nproc."
         )
     if not dist.is_initialized():
-        backend = distributed_backend(use_cuda)
-        if launched_by_torchrun():
-            dist.init_process_group(backend=backend, init_method="env://")
-        else:
-            dist.init_process_group(
-                backend=backend,
-                init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
-                rank=local_rank + int(cfg.get("offset") or 0),
-                world_size=int(cfg["world_size"]),
-            )
+        from recbole_letter import distributed
+
+        distributed.init_process_group(
+            distributed_backend(use_cuda),
+            rank=local_rank + int(cfg.get("offset") or 0),
+            world_size=int(cfg["world_size"]),
+            ip=cfg["ip"],
+            port=cfg["port"],
+            hosted_store=bool(cfg.get("ddp_hosted_store")),
+            timeout=distributed.as_timeout(cfg.get("ddp_timeout")),
+        )
     cfg["world_size"] = dist.get_world_size()
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -10,12 +10,14 @@ import datetime as _dt
 import hashlib
 import inspect
 import logging
+import pickle
+import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from recbole_letter.atomic import write_json_atomic
+from recbole_letter.atomic import atomic_open, write_json_atomic
 from recbole_letter.config import build_config as build_model_config
 from recbole_letter.registry import ModelSpec, resolve_model
 from recbole_letter.stages import resolve_stages
@@ -51,6 +53,12 @@ def _split_fingerprint(*datasets: Any) -> str:
     return digest.hexdigest()[:12]
 
 
+class StopTraining(Exception):
+    """Raised by an ``epoch_callback`` to end training after the current validation (e.g. a
+    benchmark's wall-clock limit per row); the best checkpoint so far is then tested as usual.
+    The message says why, and is returned as ``stopped_by_callback``."""
+
+
 def run_recbole_letter(
     model: str,
     dataset: str,
@@ -63,7 +71,7 @@ def run_recbole_letter(
 
     ``epoch_callback(epoch_idx, valid_score)`` is RecBole's ``callback_fn``: the trainer calls it
     after every validation, which is how a Ray Tune trial reports per-epoch scores so a scheduler
-    (ASHA) can stop bad trials early.
+    (ASHA) can stop bad trials early. It may raise :class:`StopTraining` to end training there.
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed
@@ -82,12 +90,15 @@ def run_recbole_letter(
     train_data, valid_data, test_data = data_preparation(config, data)
     # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
     # Under torch.distributed rank 0 fills the stage cache while the others wait, then they read it.
-    distributed = not config["single_spec"]
-    if distributed and _global_rank(config) != 0:
-        _barrier()
-    resolve_stages(spec.model_class, config, train_data._dataset)
-    if distributed and _global_rank(config) == 0:
-        _barrier()
+    if config["single_spec"]:
+        resolve_stages(spec.model_class, config, train_data._dataset)
+    else:
+        from recbole_letter.distributed import as_timeout, wait_for_rank_zero
+
+        wait_for_rank_zero(
+            lambda: resolve_stages(spec.model_class, config, train_data._dataset),
+            as_timeout(config["ddp_stage_timeout"]),
+        )
     # Reseed after the stages: whether they ran or came from the cache, the model starts from the
     # same random state (stages also run under private RNG state, see recbole_letter.seeding).
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -105,9 +116,15 @@ def run_recbole_letter(
                 "the final result). Fix: use --tune_scheduler=fifo for this model.", type(trainer).__name__
             )
     started = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
-    )
+    stopped_early_by: str | None = None
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
+        )
+    except StopTraining as stop:  # raised by epoch_callback after a validation: test the best so far
+        stopped_early_by = str(stop) or "callback"
+        best_valid_score, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
+        logger.info("training stopped by the epoch callback: %s", stopped_early_by)
     fit_seconds = time.perf_counter() - started
     epochs = len(getattr(trainer, "train_loss_dict", {}) or {}) or None
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
@@ -125,19 +142,10 @@ def run_recbole_letter(
         "epochs": epochs,
         "seconds_per_epoch": round(fit_seconds / epochs, 2) if epochs else None,
         "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
+        **({"stopped_by_callback": stopped_early_by} if stopped_early_by else {}),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **({"outputs": outputs} if outputs else {}),
     }
-
-
-def _global_rank(config: Any) -> int:
-    return int(config["local_rank"] or 0) + int(config["offset"] or 0)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
 
 
 def result_label(model_class: type, config: Any, name: str) -> str:
@@ -265,10 +273,12 @@ def run_models_distributed(
 
     Under ``torchrun`` this process is one rank (env:// rendezvous; ``offset`` = RANK - LOCAL_RANK).
     Otherwise ``nproc`` processes are spawned on this node with ranks ``offset .. offset+nproc-1``
-    of ``world_size`` (default ``nproc``), meeting at ``tcp://ip:port``. Gradients are averaged over
-    ranks, so ``train_batch_size`` is the *global* batch (each rank loads 1/world_size of it). Only
-    global rank 0 writes checkpoints and the results JSON; a failing rank ends every rank (spawn
-    terminates the others; torchrun does the same) with the failing rank's traceback.
+    of ``world_size`` (default ``nproc``), meeting at ``ip:port``; the node with global rank 0 hosts
+    that rendezvous in this process (``port`` left out on one node: the OS picks it, nothing can race
+    for it). Gradients are averaged over ranks, so ``train_batch_size`` is the *global* batch (each
+    rank loads 1/world_size of it). Only global rank 0 writes checkpoints and the results JSON; a
+    failing rank ends every rank (:func:`~recbole_letter.distributed.spawn_ranks` raises
+    ``RankFailedError`` naming it; torchrun stops the others likewise).
     Returns rank 0's results and JSON path (``None`` on other ranks).
     """
     from recbole_letter.compat import launched_by_torchrun
@@ -292,41 +302,56 @@ def run_models_distributed(
             _destroy_group()
         return (results, path) if _dict_rank(cd) == 0 else (results, None)
 
-    import torch.multiprocessing as mp
+    from recbole_letter.distributed import as_timeout, host_store, spawn_ranks
 
     nproc = int(cd.get("nproc") or 1)
     world_size = int(cd.get("world_size") or -1)
-    cd.update(
-        nproc=nproc,
-        world_size=nproc if world_size <= 0 else world_size,
-        ip=str(cd.get("ip") or "localhost"),
-        port=str(cd.get("port") or 5678),
-        offset=int(cd.get("offset") or 0),
-    )
-    if cd["offset"] + nproc > cd["world_size"]:
+    world_size = nproc if world_size <= 0 else world_size
+    offset = int(cd.get("offset") or 0)
+    if offset + nproc > world_size:
         raise ValueError(
-            f"offset {cd['offset']} + nproc {nproc} exceeds world_size {cd['world_size']}: ranks would not exist. "
+            f"offset {offset} + nproc {nproc} exceeds world_size {world_size}: ranks would not exist. "
             "Fix: world_size = total processes over all nodes, offset = ranks started on earlier nodes."
         )
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(
-        _spawned_rank, args=(list(models), dataset, config_files, cd, saved, queue), nprocs=nproc, join=True
-    )
-    if queue.empty():  # this node does not hold global rank 0 (offset > 0)
-        return [], None
-    results, path = queue.get()
-    return results, Path(path)
+    port = cd.get("port")
+    if port in (None, ""):
+        # One node: the OS picks a port when the store binds it (nothing can race for it). Several
+        # nodes must agree on a port: RecBole's default.
+        port = 0 if world_size == nproc else 5678
+    cd.update(nproc=nproc, world_size=world_size, ip=str(cd.get("ip") or "localhost"), offset=offset)
+    store = None
+    if offset == 0:  # this node holds global rank 0: host the rendezvous here (see distributed.py)
+        store = host_store(int(port), world_size, as_timeout(cd.get("ddp_timeout")))
+        port = store.port
+        cd["ddp_hosted_store"] = True
+    cd["port"] = str(port)
+    with tempfile.TemporaryDirectory(prefix="recbole_letter-results-") as handoff:
+        spawn_ranks(
+            _spawned_rank,
+            (list(models), dataset, config_files, cd, saved, handoff),
+            nproc,
+            rank_offset=offset,
+            world_size=world_size,
+        )
+        del store  # ranks are gone: stop hosting the rendezvous
+        returned = Path(handoff, "rank0.pkl")
+        if not returned.is_file():  # this node does not hold global rank 0 (offset > 0)
+            return [], None
+        results, path = pickle.loads(returned.read_bytes())
+    return results, None if path is None else Path(path)
 
 
-def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, queue) -> None:
-    """One process of :func:`run_models_distributed` (module level so ``spawn`` can import it)."""
+def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, handoff) -> None:
+    """One process of :func:`run_models_distributed` (module level so ``spawn`` can import it).
+    Global rank 0 hands its results to the spawning process through a file in ``handoff``."""
     cd = {**config_dict, "local_rank": local_rank}
     try:
         results, path = run_models(models, dataset, config_files, cd, saved=saved)
     finally:
         _destroy_group()
     if _dict_rank(cd) == 0:
-        queue.put((results, str(path)))
+        with atomic_open(Path(handoff, "rank0.pkl"), "wb") as handle:
+            handle.write(pickle.dumps((results, None if path is None else str(path))))
 
 
 def _destroy_group() -> None:

@@ -820,6 +820,16 @@ def check_processes(overrides: Mapping[str, Any]) -> None:
             f"offset {values['offset']} + nproc {values['nproc']} exceeds world_size {world}: those ranks would not "
             "exist. Fix: world_size = processes over all nodes, offset = ranks started on earlier nodes."
         )
+    for key in ("ddp_timeout", "ddp_stage_timeout"):
+        raw = overrides.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            seconds = float(str(raw))
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise InputError(f"--{key}={raw}: must be a number of seconds > 0. Fix: e.g. --{key}=1800.")
 
 
 def validate_config(

@@ -190,6 +190,11 @@ def cli_ranks_outside_world_size(env):
     return env.args("SASRec", "--nproc=2", "--world_size=3", "--offset=2"), ["offset", "world_size"]
 
 
+@case
+def cli_nonpositive_ddp_timeout(env):
+    return env.args("SASRec", "--nproc=2", "--ddp_timeout=0"), ["--ddp_timeout=0", "seconds > 0"]
+
+
 # --- config files and values
 @case
 def config_file_missing(env):

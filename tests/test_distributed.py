@@ -10,29 +10,42 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
+import time
 import sys
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import recbole_letter  # noqa: F401
-from recbole_letter import compat
+from recbole_letter import compat, distributed
 
 # Spawned ranks get this sys.path: absolute entries make them import this checkout (not whatever
 # ``recbole_letter`` the working directory of a test would resolve to) and these helpers.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from conftest import write_inter  # noqa: E402
 from test_tiger import DATASET, SMALL, TIGER_YAML, write_successor_dataset  # noqa: E402
 
 TOPK_METRICS = ["Recall", "NDCG", "MRR"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+# Every multi-process test is bounded: collectives time out after DDP_TIMEOUT s (a lost peer is an
+# error, not a hang) and the ranks as a whole are killed after RANKS_DEADLINE s.
+DDP_TIMEOUT = 120
+RANKS_DEADLINE = 600
+
+
+def hosted_rendezvous(world_size: int) -> tuple[object, dict]:
+    """A rendezvous store held by this process on a port the OS picks at bind time: no other
+    process can take the port between choosing and using it (the hang seen with a free_port()
+    helper). Keep the returned store alive while the ranks run."""
+    store = distributed.host_store(0, world_size, distributed.as_timeout(DDP_TIMEOUT))
+    return store, {"ip": "localhost", "port": store.port, "ddp_hosted_store": True, "ddp_timeout": DDP_TIMEOUT}
 
 
 def tiger_config_dict(root: Path, **extra) -> dict:
@@ -101,8 +114,10 @@ def train_and_evaluate(local_rank: int | None, root: str, out: str, extra: dict)
 
 
 def spawn_two(root: Path, out: Path, **extra) -> None:
-    extra = {"nproc": 2, "world_size": 2, "ip": "localhost", "port": free_port(), "offset": 0, **extra}
-    mp.spawn(train_and_evaluate, args=(str(root), str(out), extra), nprocs=2, join=True)
+    store, rendezvous = hosted_rendezvous(2)
+    extra = {"nproc": 2, "world_size": 2, "offset": 0, **rendezvous, **extra}
+    distributed.spawn_ranks(train_and_evaluate, (str(root), str(out), extra), 2, deadline_seconds=RANKS_DEADLINE)
+    del store
 
 
 def test_cpu_process_group_uses_gloo(tmp_path, monkeypatch) -> None:
@@ -113,10 +128,19 @@ def test_cpu_process_group_uses_gloo(tmp_path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     root = write_successor_dataset(tmp_path / "data")
-    keys = {"local_rank": 0, "nproc": 1, "world_size": 1, "ip": "localhost", "port": free_port(), "offset": 0}
-    with pytest.raises(Exception):  # without the adaptation: assert on gpu_id / NCCL unavailable
+    store, rendezvous = hosted_rendezvous(1)
+    keys = {"local_rank": 0, "nproc": 1, "world_size": 1, "offset": 0, **rendezvous}
+    # Without the adaptation RecBole's rank 0 hosts tcp://ip:port itself (its own port: ours is held
+    # by the hosted store) and asks for NCCL, which a CPU build lacks. Races for this port can only
+    # make the error another one, which the match below would report.
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        recbole_port = sock.getsockname()[1]
+    with pytest.raises(Exception) as without:
         monkeypatch.setattr(Config, "_init_device", compat._ORIGINAL_INIT_DEVICE)
-        Config(model=TIGER, dataset=DATASET, config_file_list=[str(TIGER_YAML)], config_dict={**tiger_config_dict(root), **keys})
+        Config(model=TIGER, dataset=DATASET, config_file_list=[str(TIGER_YAML)],
+               config_dict={**tiger_config_dict(root), **keys, "port": recbole_port})
+    assert re.search("nccl|cuda|gpu", str(without.value), re.IGNORECASE), repr(without.value)
     assert not torch.distributed.is_initialized()
     monkeypatch.setattr(Config, "_init_device", compat._init_device_any_backend)
     config = Config(model=TIGER, dataset=DATASET, config_file_list=[str(TIGER_YAML)], config_dict={**tiger_config_dict(root), **keys})
@@ -177,9 +201,101 @@ def test_dead_rank_ends_the_run_without_partial_files(tmp_path) -> None:
     root = write_successor_dataset(tmp_path / "data")
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(mp.ProcessExitedException, match="exit code 3"):
+    with pytest.raises(distributed.RankFailedError, match="rank 1 of 2 .*exited with code 3"):
         spawn_two(root, out, die_on_rank=1)
     assert list(out.iterdir()) == []  # no metrics, no shard files
     saved = tmp_path / "saved"
     leftovers = [p for p in saved.rglob("*") if p.is_file()] if saved.exists() else []
     assert [p for p in leftovers if p.suffix in {".tmp", ".pth"}] == []
+
+
+# ----------------------------------------------------------------------------- the CLI, end to end
+
+REPO = Path(__file__).resolve().parents[1]
+CLI_ITEMS = 25
+
+
+def cli_command(work: Path, *extra: str) -> list[str]:
+    """``run_recbole_letter.py --model=TIGER --nproc=2`` on a tiny dataset: the LETTER tokenizer is
+    fitted (rank 0; the other rank waits and reads the stage cache), then TIGER trains on 2 ranks."""
+    data = work / "data"
+    if not (data / "tiny").is_dir():
+        write_inter(data, "tiny", n_users=40, n_items=CLI_ITEMS, min_len=6, max_len=10)
+        np.save(work / "emb.npy", np.random.default_rng(0).standard_normal((CLI_ITEMS + 1, 16)).astype(np.float32))
+    return [
+        sys.executable, str(REPO / "run_recbole_letter.py"), "--model=TIGER", "--dataset=tiny",
+        f"--data_path={data}", f"--checkpoint_dir={work / 'saved'}", f"--item_embedding_file={work / 'emb.npy'}",
+        "--nproc=2", f"--ddp_timeout={DDP_TIMEOUT}", "--train_batch_size=64", "--MAX_ITEM_LIST_LENGTH=5",
+        "--num_encoder_layers=1", "--num_decoder_layers=1", "--d_model=32", "--num_heads=2", "--d_kv=16",
+        "--d_ff=64", "--codebook_size=8", "--num_levels=3", "--tokenizer_hidden_dims=[16]", "--code_dim=8",
+        "--n_div_clusters=2", "--tokenizer_epochs=2", "--kmeans_iters=5", "--cf_epochs=1", "--beam_size=20",
+        *extra,
+    ]
+
+
+def cli_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.mark.parametrize("launcher", ["nproc", "torchrun"])
+def test_cli_two_ranks_run_tiger_end_to_end(tmp_path, launcher) -> None:
+    """``--nproc=2`` (RecBole's keys: this command spawns the ranks) and ``torchrun
+    --nproc_per_node=2`` (env:// rendezvous: torchrun starts two copies of the command)."""
+    command = cli_command(tmp_path, "--epochs=2")
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   *[a for a in command[1:] if a != "--nproc=2"]]
+    done = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=RANKS_DEADLINE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TIGER" in done.stdout and "ndcg@10" in done.stdout.lower()
+    saved = tmp_path / "saved"
+    results = list((saved / "results").glob("*.json"))
+    assert len(results) == 1  # rank 0 only
+    test_result = json.loads(results[0].read_text())["results"][0]["test_result"]
+    assert set(test_result) >= {"recall@10", "ndcg@10"} and all(0 <= v <= 1 for v in test_result.values())
+    # One complete entry per stage (rank 0 fitted; the other rank waited and read it), no temp folders.
+    for stage in ("cf_embeddings", "tokenizer"):
+        entries = list((saved / "stages" / stage).iterdir())
+        assert len(entries) == 1 and (entries[0] / "manifest.json").is_file(), entries
+    assert len(list(saved.glob("*.pth"))) == 1
+    assert [p for p in files_under(saved) if p.name.endswith(".tmp")] == []
+
+
+def test_cli_rank_killed_mid_training_exits_nonzero_with_nothing_half_written(tmp_path) -> None:
+    """SIGKILL one rank once training has saved its first checkpoint: the run must end (not hang),
+    exit non-zero naming the rank, write no results file and leave only complete files."""
+    saved = tmp_path / "saved"
+    cli = subprocess.Popen(
+        cli_command(tmp_path, "--epochs=400", "--stopping_step=400"), cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + RANKS_DEADLINE
+        while not list(saved.glob("*.pth")):
+            assert cli.poll() is None, f"the run ended before training: {cli.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within the deadline"
+            time.sleep(0.5)
+        ranks = [p for p in psutil.Process(cli.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+                 and "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(ranks) == 2, [p.cmdline() for p in ranks]
+        victim = max(ranks, key=lambda p: p.create_time())
+        victim.kill()
+        out, err = cli.communicate(timeout=180)
+    finally:
+        if cli.poll() is None:  # never leave the run behind (this test started it)
+            for child in psutil.Process(cli.pid).children(recursive=True):
+                child.kill()
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 1, err[-3000:]
+    assert re.search(r"RankFailedError: rank [01] of 2 \(pid \d+\) was killed by SIGKILL", err), err[-3000:]
+    assert "nothing unfinished was written" in err
+    assert not (saved / "results").exists() or list((saved / "results").iterdir()) == []
+    leftovers = files_under(saved)
+    assert [p for p in leftovers if p.name.endswith(".tmp") or ".tmp-" in str(p)] == []
+    for checkpoint in saved.glob("*.pth"):  # complete files only: each loads
+        assert "state_dict" in compat.load_trusted_checkpoint(checkpoint)
