@@ -236,13 +236,13 @@ def tokenizer_report(dataset: str, config_files: list[str], config_dict: dict) -
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = ["model", *(m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in METRICS),
-              "epochs", "train seqs", "fit s", "wall s"]
+              "epochs", "train seqs", "stopped", "fit s", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         test = row.get("test_result") or {}
         cells = [row["label"]]
         cells += [f"{test[m]:.4f}" if m in test else "" for m in METRICS]
-        cells += [str(row.get("epochs") or ""), str(row.get("train_sequences") or ""),
+        cells += [str(row.get("epochs") or ""), str(row.get("train_sequences") or ""), str(row.get("stopped") or ""),
                   f"{row['fit_seconds']:.0f}" if row.get("fit_seconds") else "",
                   f"{row['wall_seconds']:.0f}" if row.get("wall_seconds") else ""]
         if row.get("error"):
@@ -261,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--converge", action="store_true",
                    help="train every row until valid NDCG@10 stops improving (properties/quality_converge.yaml); "
                         "learning curves + PNG")
+    p.add_argument("--row_minutes", type=float, default=None,
+                   help="wall-clock limit per row: after the first validation past it, training stops and the best "
+                        "checkpoint is tested; the row is marked 'time limit' (capped, not converged)")
+    p.add_argument("--stop_by", default=None,
+                   help="local ISO time (e.g. 2026-12-01T18:35): every row stops training after its first validation "
+                        "past it (marked 'time limit'), so a shared machine's run ends on schedule")
     p.add_argument("--jobs", type=int, default=1, help="rows run at once, each in its own process (one torch thread)")
     p.add_argument("--config_files", default=None, help="space-separated budget YAML files (default: quality_cpu.yaml)")
     p.add_argument("--baseline_epochs", type=int, default=None,
@@ -282,11 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     import recbole_letter  # noqa: F401  (compat shims before RecBole loads)
     from recbole_letter.cli import parse_overrides
     from recbole_letter.atomic import write_json_atomic
-    from recbole_letter.quick_start import run_recbole_letter
+    from recbole_letter.quick_start import StopTraining, run_recbole_letter
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = build_parser().parse_known_args(argv)
     overrides: dict[str, Any] = parse_overrides(extra)
+    if args.stop_by:
+        try:
+            _dt.datetime.fromisoformat(args.stop_by)
+        except ValueError:
+            raise SystemExit(f"--stop_by={args.stop_by!r} is not an ISO time; use e.g. --stop_by=2026-12-01T18:35") from None
     if args.paper and args.converge:
         raise SystemExit("--paper and --converge are two budgets; pick one")
     budget = "quality_paper.yaml" if args.paper else "quality_converge.yaml" if args.converge else "quality_cpu.yaml"
@@ -358,12 +369,18 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_validation(epoch_idx: int, valid_score: float) -> None:
             curve.append({"epoch": int(epoch_idx) + 1, "train_sequences": (int(epoch_idx) + 1) * per_epoch,
-                          "valid_ndcg@10": round(float(valid_score), 5)})
+                          "valid_ndcg@10": round(float(valid_score), 5),
+                          "seconds": round(time.perf_counter() - started, 1)})
+            if args.row_minutes and time.perf_counter() - started > 60 * args.row_minutes:
+                raise StopTraining(f"time limit: --row_minutes={args.row_minutes}")
+            if args.stop_by and _dt.datetime.now() > _dt.datetime.fromisoformat(args.stop_by):
+                raise StopTraining(f"time limit: --stop_by={args.stop_by}")
 
         try:
             res = run_recbole_letter(model, args.dataset, budget_files, cfg, saved=True, epoch_callback=on_validation)
             record.update(res)
             record["train_sequences"] = _train_sequences(res, cfg, budget_files, model, train_rows)
+            record["stopped"] = stop_reason(res, cfg, budget_files, model)
             if model == "TIGER":
                 try:
                     record["tokenizer"] = tokenizer_report(args.dataset, budget_files, cfg)
@@ -453,6 +470,18 @@ def plot_curves(payload: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def stop_reason(res: dict, cfg: dict, files: list[str], model: str) -> str:
+    """Why the row's training ended: ``patience`` (valid NDCG@10 stopped improving: converged
+    under the protocol), ``epoch cap`` (ran all ``epochs``: still improving, so capped) or the
+    time limit (``--row_minutes``). Pop trains one counting epoch: ``one pass``."""
+    if res.get("stopped_by_callback"):
+        return str(res["stopped_by_callback"])
+    if model == "Pop":
+        return "one pass"
+    cap = int({**_budget_keys(files), **cfg}.get("epochs") or 0)
+    return "epoch cap" if cap and (res.get("epochs") or 0) >= cap else "patience"
 
 
 def _budget_keys(files: list[str]) -> dict[str, Any]:

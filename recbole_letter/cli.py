@@ -17,7 +17,7 @@ LOGGER = logging.getLogger("recbole_letter")
 # Flags that mean nothing without --tune (a silent no-op would run a plain training instead).
 _SEARCH_FLAGS = (
     "params_file", "tune_algo", "tune_samples", "tune_initial_points", "tune_scheduler", "tune_cpus_per_trial",
-    "tune_gpus_per_trial", "ray_address", "tune_storage", "tune_max_concurrent",
+    "tune_gpus_per_trial", "tune_workers_per_trial", "ray_address", "tune_storage", "tune_max_concurrent",
 )
 
 
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tune_scheduler", choices=["asha", "fifo"], default=None, help="default asha")
     tune.add_argument("--tune_cpus_per_trial", type=float, default=None, help="default 1")
     tune.add_argument("--tune_gpus_per_trial", type=float, default=None, help="default 0")
+    tune.add_argument("--tune_workers_per_trial", type=int, default=None,
+                      help="> 1: each trial trains data-parallel on that many Ray Train workers (TorchTrainer), "
+                      "sharing the trial's CPUs/GPUs; default 1, or the GPU count when --tune_gpus_per_trial > 1")
     tune.add_argument("--ray_address", default=None, help="'auto' or host:port to join a cluster; default: local Ray")
     tune.add_argument("--tune_storage", default=None, help="directory for Ray results (default saved/ray_results)")
     tune.add_argument("--tune_max_concurrent", type=int, default=None, help="limit on trials running at once")

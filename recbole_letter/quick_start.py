@@ -53,6 +53,12 @@ def _split_fingerprint(*datasets: Any) -> str:
     return digest.hexdigest()[:12]
 
 
+class StopTraining(Exception):
+    """Raised by an ``epoch_callback`` to end training after the current validation (e.g. a
+    benchmark's wall-clock limit per row); the best checkpoint so far is then tested as usual.
+    The message says why, and is returned as ``stopped_by_callback``."""
+
+
 def run_recbole_letter(
     model: str,
     dataset: str,
@@ -65,7 +71,7 @@ def run_recbole_letter(
 
     ``epoch_callback(epoch_idx, valid_score)`` is RecBole's ``callback_fn``: the trainer calls it
     after every validation, which is how a Ray Tune trial reports per-epoch scores so a scheduler
-    (ASHA) can stop bad trials early.
+    (ASHA) can stop bad trials early. It may raise :class:`StopTraining` to end training there.
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed
@@ -110,9 +116,15 @@ def run_recbole_letter(
                 "the final result). Fix: use --tune_scheduler=fifo for this model.", type(trainer).__name__
             )
     started = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
-    )
+    stopped_early_by: str | None = None
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
+        )
+    except StopTraining as stop:  # raised by epoch_callback after a validation: test the best so far
+        stopped_early_by = str(stop) or "callback"
+        best_valid_score, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
+        logger.info("training stopped by the epoch callback: %s", stopped_early_by)
     fit_seconds = time.perf_counter() - started
     epochs = len(getattr(trainer, "train_loss_dict", {}) or {}) or None
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
@@ -130,6 +142,7 @@ def run_recbole_letter(
         "epochs": epochs,
         "seconds_per_epoch": round(fit_seconds / epochs, 2) if epochs else None,
         "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
+        **({"stopped_by_callback": stopped_early_by} if stopped_early_by else {}),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **({"outputs": outputs} if outputs else {}),
     }

@@ -241,11 +241,15 @@ def files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-def test_cli_nproc_2_runs_tiger_end_to_end(tmp_path) -> None:
-    done = subprocess.run(
-        cli_command(tmp_path, "--epochs=2"), cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-        timeout=RANKS_DEADLINE,
-    )
+@pytest.mark.parametrize("launcher", ["nproc", "torchrun"])
+def test_cli_two_ranks_run_tiger_end_to_end(tmp_path, launcher) -> None:
+    """``--nproc=2`` (RecBole's keys: this command spawns the ranks) and ``torchrun
+    --nproc_per_node=2`` (env:// rendezvous: torchrun starts two copies of the command)."""
+    command = cli_command(tmp_path, "--epochs=2")
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   *[a for a in command[1:] if a != "--nproc=2"]]
+    done = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=RANKS_DEADLINE)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TIGER" in done.stdout and "ndcg@10" in done.stdout.lower()
     saved = tmp_path / "saved"

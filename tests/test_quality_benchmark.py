@@ -128,3 +128,15 @@ def test_rows_option_splits_labels_that_contain_commas(quality):
     assert quality.split_rows("Pop,SASRec") == {"Pop", "SASRec"}
     assert quality.split_rows("Pop,TIGER (LETTER IDs, tau 1.0)") == {"Pop", "TIGER (LETTER IDs, tau 1.0)"}
     assert quality.split_rows("TIGER (LETTER IDs, tau 0.7);SASRec") == {"TIGER (LETTER IDs, tau 0.7)", "SASRec"}
+
+
+def test_stop_reason_tells_converged_from_capped_rows(quality, tmp_path):
+    budget = tmp_path / "b.yaml"
+    budget.write_text("epochs: 5\n")
+    files = [str(budget)]
+    assert quality.stop_reason({"epochs": 3}, {}, files, "TIGER") == "patience"
+    assert quality.stop_reason({"epochs": 5}, {}, files, "TIGER") == "epoch cap"
+    assert quality.stop_reason({"epochs": 5}, {"epochs": 8}, files, "SASRec") == "patience"
+    assert quality.stop_reason({"epochs": 2, "stopped_by_callback": "time limit: x"}, {}, files, "TIGER") == "time limit: x"
+    assert quality.stop_reason({"epochs": 1}, {}, files, "Pop") == "one pass"
+    assert "| stopped |" in quality.table([{"label": "x", "stopped": "epoch cap"}])

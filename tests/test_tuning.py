@@ -541,3 +541,36 @@ def test_an_interrupted_random_study_resumes_without_rerunning_finished_trials(
     best_text = (study_dir / "best_config.yaml").read_text()
     assert "Best of 3 trials" in best_text
     assert yaml.safe_load(best_text)["hidden_size"] == rows[0]["params"]["hidden_size"]  # rows: best first
+
+
+def test_data_parallel_trial_trains_on_two_ray_train_workers(
+    local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--tune_workers_per_trial=2: the trial is a Ray Train TorchTrainer; its 2 workers form a gloo
+    group (RecBole's multi-process keys: shards, averaged gradients, rank-0 checkpoint, sharded
+    evaluation) and the study records rank 0's result."""
+    monkeypatch.chdir(tmp_path)
+    code, out, payload, study_dir = _study(
+        capsys, "hidden_size choice [16]\n", "--tune_cpus_per_trial=2", "--tune_workers_per_trial=2",
+        "--tune_scheduler=fifo", "--ddp_timeout=120",
+    )
+    assert code == 0, out
+    [row] = payload["trials"]
+    assert row["status"] == "ok", row["error"]
+    assert row["ranks"] == 2  # reported by the run itself: the process group had 2 ranks
+    assert row["params"] == {"hidden_size": 16}
+    assert 0.0 <= row["best_valid_score"] <= 1.0 and "ndcg@10" in row["test"]
+    trial_dir = Path(row["checkpoint"]).parent
+    assert [p.name for p in trial_dir.glob("*.pth")] == [Path(row["checkpoint"]).name]  # rank 0 wrote the only one
+
+
+def test_workers_per_trial_needs_a_gpu_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from recbole_letter.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_dataset(Path("data"))
+    Path("space.hyper").write_text("hidden_size choice [16]\n")
+    code = main(["--model=SASRec", "--dataset=tiny", "--data_path=data", "--tune", "--params_file=space.hyper",
+                 "--tune_gpus_per_trial=1", "--tune_workers_per_trial=2", *_TINY_SASREC])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tune_workers_per_trial=2" in err and "--tune_gpus_per_trial=2" in err

@@ -102,3 +102,45 @@ def ray_version() -> str:
     import ray
 
     return str(ray.__version__)
+
+
+# ----------------------------------------------------------------------------- data-parallel trials
+# A trial with tune_workers_per_trial > 1 is a Ray Train TorchTrainer passed to the Tuner (how Ray
+# 2.6-2.4x combine Tune and Train). Ray Train V2 (current Ray, RAY_TRAIN_V2_ENABLED) no longer
+# accepts a Trainer in a Tuner: there the Trainer must be started inside a function trainable,
+# which this package does not do (README "Data-parallel training", Ray section).
+
+
+def torch_trainer_classes() -> tuple[type, type, type]:
+    """``(TorchTrainer, ScalingConfig, TorchConfig)`` of the installed Ray."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    try:
+        from ray.train import ScalingConfig  # Ray 2.7+
+    except ImportError:
+        from ray.air.config import ScalingConfig  # Ray 2.6
+    return TorchTrainer, ScalingConfig, TorchConfig
+
+
+def worker_report(metrics: dict[str, Any]) -> None:
+    """Report from every worker of a data-parallel trial (Ray Train keeps rank 0's metrics)."""
+    from ray import train
+
+    if hasattr(train, "report"):  # Ray 2.7+
+        train.report(metrics)
+        return
+    from ray.air import session  # Ray 2.6
+
+    session.report(metrics)
+
+
+def worker_ranks() -> tuple[int, int, int, int]:
+    """``(world_rank, local_rank, world_size, local_world_size)`` of this Ray Train worker."""
+    from ray import train
+
+    if hasattr(train, "get_context"):  # Ray 2.7+
+        ctx = train.get_context()
+    else:
+        from ray.air import session as ctx  # Ray 2.6: module-level functions of the same names
+    return (int(ctx.get_world_rank()), int(ctx.get_local_rank()), int(ctx.get_world_size()),
+            int(ctx.get_local_world_size()))

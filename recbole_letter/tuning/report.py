@@ -51,6 +51,8 @@ def collect_rows(grid: Any, space: Sequence[HyperParam], fit_started: float) -> 
         result = grid[index]
         metrics = dict(result.metrics or {})
         config = plain(dict(result.config or {}))
+        if isinstance(config.get("train_loop_config"), dict):  # a data-parallel trial (Ray Trainer)
+            config = config["train_loop_config"]
         path = getattr(result, "path", None) or getattr(result, "log_dir", None)
         error = describe_error(result.error)
         entered, exited = metrics.get("entered_at"), metrics.get("exited_at")
@@ -70,6 +72,7 @@ def collect_rows(grid: Any, space: Sequence[HyperParam], fit_started: float) -> 
                 "entered_s": round(entered - fit_started, 2) if isinstance(entered, float) else None,
                 "exited_s": round(exited - fit_started, 2) if isinstance(exited, float) else None,
                 "checkpoint": metrics.get("checkpoint"),
+                "ranks": metrics.get("ranks"),
                 "error": error,
                 "ray_dir": str(path) if path else None,
             }

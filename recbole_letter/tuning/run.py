@@ -12,7 +12,7 @@ from recbole_letter.hyper import HyperFileError
 from recbole_letter.tuning import ray_api, report, search
 from recbole_letter.tuning.ray_api import TuningError
 from recbole_letter.tuning.study import Study, prepare_study, resume_study, save_study
-from recbole_letter.tuning.trial import METRIC, run_trial
+from recbole_letter.tuning.trial import METRIC, DataParallelTrial, run_trial
 
 LOGGER = logging.getLogger("recbole_letter")
 
@@ -79,8 +79,12 @@ def run_search(study: Study, resume: bool, callbacks: Sequence[Any] = ()) -> tup
     """
     from ray import tune
 
-    resources = {"cpu": study.job.cpus_per_trial, "gpu": study.job.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=study.job), resources)
+    data_parallel = study.job.workers_per_trial > 1
+    if data_parallel:
+        trainable = data_parallel_trainer(study.job)
+    else:
+        resources = {"cpu": study.job.cpus_per_trial, "gpu": study.job.gpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(run_trial, job=study.job), resources)
     if resume:
         if not ray_api.can_restore(study.ray_dir):
             raise TuningError(
@@ -94,7 +98,7 @@ def run_search(study: Study, resume: bool, callbacks: Sequence[Any] = ()) -> tup
         run_config_cls, failure_config_cls = ray_api.config_classes()
         search_alg, param_space, max_concurrent_trials = search.search_algorithm(
             study.algorithm, study.space, study.planned, study.n_trials, study.seed, study.initial_points,
-            study.max_concurrent,
+            study.max_concurrent, nest_under=TRAIN_LOOP_CONFIG if data_parallel else None,
         )
         tuner = tune.Tuner(
             trainable,
@@ -118,6 +122,32 @@ def run_search(study: Study, resume: bool, callbacks: Sequence[Any] = ()) -> tup
     started_at, started = time.time(), time.perf_counter()
     grid = tuner.fit()
     return grid, started_at, time.perf_counter() - started
+
+
+TRAIN_LOOP_CONFIG = "train_loop_config"  # where a Ray Trainer in a Tuner takes the sampled values
+
+
+def data_parallel_trainer(job: Any) -> Any:
+    """A Ray Train ``TorchTrainer`` running one trial on ``job.workers_per_trial`` workers.
+
+    The trial's CPUs and GPUs are split evenly over its workers (``--tune_gpus_per_trial=4`` ->
+    4 workers with one GPU each); the trainer actor itself takes no resources. Workers form a
+    gloo (CPU) or NCCL (GPU) group whose collectives time out after ``ddp_timeout`` seconds.
+    """
+    torch_trainer, scaling_config, torch_config = ray_api.torch_trainer_classes()
+    workers = job.workers_per_trial
+    per_worker = {"CPU": job.cpus_per_trial / workers}
+    if job.gpus_per_trial > 0:
+        per_worker["GPU"] = job.gpus_per_trial / workers
+    timeout = int(float(job.overrides.get("ddp_timeout") or 1800))
+    return torch_trainer(
+        DataParallelTrial(job),
+        scaling_config=scaling_config(
+            num_workers=workers, use_gpu=job.gpus_per_trial > 0, resources_per_worker=per_worker,
+            trainer_resources={"CPU": 0},
+        ),
+        torch_config=torch_config(backend="nccl" if job.gpus_per_trial > 0 else "gloo", timeout_s=timeout),
+    )
 
 
 def _slots(study: Study, n_trials: int) -> int:

@@ -156,6 +156,7 @@ def search_algorithm(
     seed: int,
     initial_points: int | None,
     max_concurrent: int | None,
+    nest_under: str | None = None,
 ) -> tuple[Any, dict[str, Any], int | None]:
     """``(Ray search algorithm, param_space, max_concurrent_trials)`` for one study.
 
@@ -163,10 +164,15 @@ def search_algorithm(
     docstring); ``tpe`` has none, as its trials depend on earlier scores. Ray applies
     ``TuneConfig(max_concurrent_trials=...)`` only to a ``Searcher`` such as HyperOptSearch and
     ignores it, with a warning, for ``BasicVariantGenerator``, which takes its own limit.
+    ``nest_under`` puts the space (and the planned points) under one key: a Ray Trainer in a Tuner
+    takes its sampled values from ``train_loop_config``.
     """
     from ray.tune.search import BasicVariantGenerator
 
     param_space = {p.name: ray_domain(p) for p in space}
+    if nest_under:
+        param_space = {nest_under: param_space}
+        planned = [{nest_under: dict(c)} for c in planned]
     if algorithm == "tpe":
         hyperopt_search = hyperopt_search_class()
         startup = initial_points if initial_points is not None else default_initial_points(trials)

@@ -44,6 +44,7 @@ _RESERVED = {"model", "dataset", "data_path", "checkpoint_dir", "gpu_id", "use_g
 # Flags that define a study; a resumed study keeps its own (only --ray_address may change).
 _STUDY_FLAGS = (
     "params_file", "tune_algo", "tune_samples", "tune_scheduler", "tune_cpus_per_trial", "tune_gpus_per_trial",
+    "tune_workers_per_trial",
     "tune_storage", "tune_max_concurrent", "tune_initial_points", "config_files",
 )
 # Defaults of the tuning flags that argparse leaves as None (None = "not given", see resume).
@@ -134,10 +135,26 @@ def _flag(args: argparse.Namespace, name: str) -> Any:
     return FLAG_DEFAULTS.get(name) if value is None else value
 
 
+def _workers_per_trial(args: argparse.Namespace, gpus: float) -> int:
+    """Ray Train workers per trial: the flag, else one per GPU when a trial asks for several GPUs."""
+    workers = getattr(args, "tune_workers_per_trial", None)
+    if workers is None:
+        return int(gpus) if gpus > 1 and float(gpus).is_integer() else 1
+    if workers < 1:
+        raise TuningError(f"--tune_workers_per_trial={workers} must be >= 1. Fix: e.g. 2, or leave it out.")
+    if gpus > 0 and gpus < workers:
+        raise TuningError(
+            f"--tune_workers_per_trial={workers} with --tune_gpus_per_trial={gpus:g}: each worker needs a GPU. "
+            f"Fix: --tune_gpus_per_trial={workers} (or fewer workers)."
+        )
+    return workers
+
+
 def _check_resources(args: argparse.Namespace) -> tuple[float, float, int | None]:
     cpus, gpus = float(_flag(args, "tune_cpus_per_trial")), float(_flag(args, "tune_gpus_per_trial"))
     if cpus <= 0 or gpus < 0:
         raise TuningError("--tune_cpus_per_trial must be > 0 and --tune_gpus_per_trial >= 0. Fix: e.g. 1 and 0.")
+    _workers_per_trial(args, gpus)
     max_concurrent = getattr(args, "tune_max_concurrent", None)
     if max_concurrent is not None and max_concurrent < 1:
         raise TuningError("--tune_max_concurrent must be >= 1. Fix: omit it or give a positive number.")
@@ -213,6 +230,7 @@ def prepare_study(
         saved=bool(getattr(args, "saved", True)),
         cpus_per_trial=cpus,
         gpus_per_trial=gpus,
+        workers_per_trial=_workers_per_trial(args, gpus),
         valid_metric_bigger=bool(config["valid_metric_bigger"]),
     )
     return Study(

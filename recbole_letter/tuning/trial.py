@@ -46,6 +46,7 @@ class TrialJob:
     cpus_per_trial: float
     gpus_per_trial: float
     valid_metric_bigger: bool = True
+    workers_per_trial: int = 1  # > 1: the trial trains data-parallel through Ray Train (see run_trial_worker)
 
 
 def plain(value: Any) -> Any:
@@ -76,7 +77,10 @@ def trial_checkpoint_dir(job: TrialJob, trial: str) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         link = own / sub
         if not link.is_symlink():
-            os.symlink(target, link, target_is_directory=True)
+            try:
+                os.symlink(target, link, target_is_directory=True)
+            except FileExistsError:  # another worker of the same data-parallel trial made it
+                pass
     return own
 
 
@@ -89,12 +93,34 @@ def trial_params(job: TrialJob, sampled: Mapping[str, Any], checkpoint_dir: Path
     # ("" = CPU), otherwise every trial would pile onto GPU 0 whatever Ray scheduled.
     params["gpu_id"] = ",".join(str(g) for g in gpu_ids) if job.gpus_per_trial > 0 else ""
     if "torch_num_threads" not in job.overrides:
-        params["torch_num_threads"] = max(1, int(job.cpus_per_trial))
+        params["torch_num_threads"] = max(1, int(job.cpus_per_trial / job.workers_per_trial))
     return params
 
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     """Ray Tune function trainable: one plain run with ``config`` merged over the overrides."""
+    _run_trial(config, job, ray_api.report, ranks=None)
+
+
+class DataParallelTrial:
+    """``train_loop_per_worker`` of a data-parallel trial (a Ray Train ``TorchTrainer``).
+
+    Every worker runs the same plain run as :func:`run_trial`, as one rank of the process group
+    Ray Train started (gloo on CPU, NCCL on GPU; ``compat.py`` sees the group is up and only sets
+    RecBole's rank keys): each rank trains on its shard, gradients are averaged, rank 0 writes the
+    checkpoint, evaluation is sharded, and all ranks report (Ray keeps rank 0's metrics). A callable
+    object rather than a function with ``job`` bound, because Ray checks that the loop takes at
+    most one argument.
+    """
+
+    def __init__(self, job: TrialJob) -> None:
+        self.job = job
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        _run_trial(config, self.job, ray_api.worker_report, ranks=ray_api.worker_ranks())
+
+
+def _run_trial(config: dict[str, Any], job: TrialJob, report: Any, ranks: tuple[int, int, int, int] | None) -> None:
     from recbole_letter import compat
 
     compat.apply()  # normally done already by the worker setup hook (before Ray's own imports); idempotent
@@ -107,6 +133,12 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     ckpt = trial_checkpoint_dir(job, trial)
     gpu_ids = ray.get_gpu_ids() if job.gpus_per_trial > 0 else []
     params = trial_params(job, config, ckpt, gpu_ids)
+    if ranks is not None:  # a rank of a data-parallel trial: RecBole's multi-process keys
+        world_rank, local_rank, world_size, local_world_size = ranks
+        params.update(local_rank=local_rank, nproc=local_world_size, world_size=world_size,
+                      offset=world_rank - local_rank)
+        if job.gpus_per_trial > 0:  # Ray Train shows co-located workers all their node's GPUs; rank i uses cuda:i
+            params["gpu_id"] = os.environ.get("CUDA_VISIBLE_DEVICES", params["gpu_id"])
     pick = max if job.valid_metric_bigger else min
     curve: list[list[float]] = []  # [epoch, valid score] after every validation
     best: list[float] = []  # best valid score so far (RecBole keeps the best checkpoint, so ASHA compares that)
@@ -115,7 +147,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         score = float(valid_score)
         best.append(score if not best else pick(best[-1], score))
         curve.append([int(epoch_idx) + 1, score])
-        ray_api.report({METRIC: best[-1], "valid_score": score, "epoch": int(epoch_idx) + 1, "valid_curve": list(curve)})
+        report({METRIC: best[-1], "valid_score": score, "epoch": int(epoch_idx) + 1, "valid_curve": list(curve)})
 
     started = time.perf_counter()
     try:
@@ -128,8 +160,9 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         LOGGER.error("trial %s failed:\n%s", trial, traceback.format_exc())
         raise
     run_seconds = time.perf_counter() - started
-    ray_api.report(
+    report(
         {
+            "ranks": _process_group_size(),
             METRIC: float(result["best_valid_score"]),
             "valid": result["best_valid_result"],
             "test": result["test_result"],
@@ -143,3 +176,10 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
             "finished": True,
         }
     )
+
+
+def _process_group_size() -> int:
+    """Ranks of the process group this trial trained in (1 without one): what the run really used."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
