@@ -109,8 +109,7 @@ def train_and_evaluate(local_rank: int | None, root: str, out: str, extra: dict)
     Path(out, f"shard{rank}.json").write_text(json.dumps(shard))
     if rank == 0:
         torch.save({"state": model.state_dict(), "metrics": {k: float(v) for k, v in metrics.items()}}, Path(out, "rank0.pt"))
-    if local_rank is not None:
-        torch.distributed.destroy_process_group()
+    # No destroy_process_group: spawn_ranks ends the rank with os._exit (see distributed._rank_entry).
 
 
 def spawn_two(root: Path, out: Path, **extra) -> None:
