@@ -52,7 +52,7 @@ class TokenizerConfig:
       the inputs' mean per-dimension variance, so the term is the share of text-embedding
       variance left unreconstructed. The raw MSE of unit-norm 384-d MiniLM rows is ~1e-3, so the
       CF and quantisation terms dominate the encoder and LETTER keeps 26% of the text variance on
-      ml-1m (RQ-VAE: 42%). ``variance`` with alpha 1.0 / cf_temperature 0.5 keeps 32-33% and
+      ml-1m (RQ-VAE: 43%). ``variance`` with alpha 1.0 / cf_temperature 0.5 keeps 32-33% and
       raises ml-100k's CF lift, but lowers ml-1m's (52 -> 29): measured in the README.
     * ``id_sinkhorn_from_level``: 2 -- the final IDs of levels 2..L are Sinkhorn-balanced over the
       whole catalogue (the released code balances only the last level). Under the CF term the
