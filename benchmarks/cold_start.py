@@ -194,6 +194,18 @@ def reconstruction(model: Any, ids: np.ndarray, titles: list[str]) -> dict[str, 
     }
 
 
+def parse_model_files(values: list[str]) -> dict[str, list[str]]:
+    """``["TIGER=a.yaml", ...]`` -> ``{"TIGER": ["a.yaml"]}``: budget files that only one model reads
+    (on a GPU TIGER needs its own epochs and learning rate, the LLMs LC-Rec's recipe)."""
+    out: dict[str, list[str]] = {}
+    for value in values:
+        model, sep, path = value.partition("=")
+        if not sep or model not in (*GENERATORS, "Pop") or not Path(path).is_file():
+            raise SystemExit(f"error: --model_files={value}: expected MODEL=<existing YAML> with MODEL in {(*GENERATORS, 'Pop')}")
+        out.setdefault(model, []).append(path)
+    return out
+
+
 def relative(path: str) -> str:
     """A path inside the repository as a repository-relative string (results must not name a worktree)."""
     resolved = Path(path).resolve()
@@ -215,7 +227,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
     setup = (
         f"{payload['dataset']} (from {payload['source']}): {payload['n_cold_items']} held-out items; test "
         f"interactions with a cold target: {payload['n_test_cold']}, with a warm target: {payload['n_test_warm']}. "
-        f"Backbone `{payload['llm_path']}`, budget `{' '.join(payload['budget_files'])}`, overrides "
+        f"Backbone `{payload['llm_path']}`, budget `{' '.join(payload['budget_files'])}`"
+        f"{''.join(f', {m} also `{chr(32).join(fs)}`' for m, fs in payload.get('model_files', {}).items())}, overrides "
         f"{payload['overrides'] or 'none'}; {payload['semantic_ids']}; {payload['cpu_seconds'].get('total')} CPU-s."
     )
     recon = payload["reconstruction"]
@@ -236,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold_share", type=float, default=0.3, help="share of the test-target items held out")
     parser.add_argument("--seed", type=int, default=0, help="subsample / hold-out seed")
     parser.add_argument("--config_files", default=str(BUDGET), help="budget YAML(s), space-separated")
+    parser.add_argument("--model_files", action="append", default=[], metavar="MODEL=YAML",
+                        help="an extra YAML read after the budget by one model only (e.g. TIGER=properties/cold_start_gpu_tiger.yaml); repeatable")
     parser.add_argument("--checkpoint_dir", default=str(ROOT / "saved" / "cold_start"))
     parser.add_argument("--text_samples", type=int, default=50, help="items per token -> text / text -> token check")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/cold_start_<dataset>.json)")
@@ -266,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     data_root = checkpoint_dir / "datasets"
     name, cold_tokens = write_cold_dataset(src, args.dataset, data_root, args.max_users, args.cold_share, args.seed)
     files = args.config_files.split()
+    model_files = parse_model_files(args.model_files)
     base = {"checkpoint_dir": str(checkpoint_dir), "data_path": str(data_root), "state": "WARNING",
             "show_progress": False, **overrides}
 
     def prepared(model_name: str):
-        config, spec = build_config(model_name, name, files, dict(base))
+        config, spec = build_config(model_name, name, files + model_files.get(model_name, []), dict(base))
         init_seed(config["seed"], config["reproducibility"])
         train, valid, test = data_preparation(config, create_dataset(config))
         return config, spec, train, valid, test
@@ -354,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "dataset": name, "source": args.dataset, "max_users": args.max_users, "cold_share": args.cold_share,
         "seed": args.seed, "n_cold_items": int(len(cold_ids)), "n_test_cold": n_cold, "n_test_warm": n_warm,
-        "budget_files": [relative(f) for f in files], "overrides": {k: str(v) for k, v in overrides.items()},
+        "budget_files": [relative(f) for f in files],
+        "model_files": {m: [relative(f) for f in fs] for m, fs in model_files.items()},
+        "overrides": {k: str(v) for k, v in overrides.items()},
         "llm_path": store_config["llm_path"], "semantic_ids": repr(table), "results": results,
         "cold_first_reference": cold_first_reference(len(cold_ids)), "text_token_skills": skills,
         "reconstruction": recon, "cpu_seconds": timings, "machine": machine_info(),

@@ -51,3 +51,27 @@ def test_cold_first_reference_and_text_metrics(cold_start):
     assert cold_start.word_f1("The Matrix (1999)", "matrix, the") == pytest.approx(0.8)
     assert cold_start.word_f1("", "x") == 0.0
     assert cold_start.normalise("  Toy  Story (1995) ") == "toy story 1995"
+
+
+def test_model_files_and_markdown_report(cold_start, tmp_path):
+    extra = tmp_path / "tiger.yaml"
+    extra.write_text("epochs: 3  # (int) x\n")
+    assert cold_start.parse_model_files([f"TIGER={extra}"]) == {"TIGER": [str(extra)]}
+    for bad in (f"TIGR={extra}", "TIGER=/no/such.yaml", str(extra)):
+        with pytest.raises(SystemExit, match="expected MODEL=<existing YAML>"):
+            cold_start.parse_model_files([bad])
+    metrics = {m: 0.5 for m in cold_start.METRICS}
+    payload = {
+        "dataset": "D-cold", "source": "D", "n_cold_items": 4, "n_test_cold": 3, "n_test_warm": 7,
+        "llm_path": "tiny-random", "budget_files": ["b.yaml"], "model_files": {"TIGER": ["t.yaml"]},
+        "overrides": {}, "semantic_ids": "table", "cpu_seconds": {"total": 1.0},
+        "results": {"STORE, a": {"cold": metrics, "warm": metrics, "all": metrics, "cold_share_top10": 0.25}},
+        "cold_first_reference": cold_start.cold_first_reference(4),
+        "text_token_skills": {"text2token_warm_exact": 0.125},
+        "reconstruction": {"warm": {"exact_title": 0.0, "word_f1": 0.75, "n": 2}},
+    }
+    report = cold_start.markdown_report(payload)
+    rows = [line for line in report.splitlines() if line.startswith("| STORE, a") or line.startswith("| reference")]
+    assert len(rows) == 2 and rows[0].count("0.5000") == 3 * len(cold_start.METRICS) and "0.2500" in rows[0]
+    assert "TIGER also `t.yaml`" in report and "| text2token_warm_exact | 0.1250 |" in report
+    assert "| warm | 0.0000 | 0.7500 | 2 |" in report
