@@ -332,3 +332,14 @@ def test_a_busy_port_is_a_clear_error_before_any_rank_starts() -> None:
         sock.listen()
         with pytest.raises(RuntimeError, match=f"cannot host the rendezvous on port {sock.getsockname()[1]}.*Fix"):
             distributed.host_store(sock.getsockname()[1], 2)
+
+
+def test_a_rank_stopped_mid_write_leaves_no_half_written_file(tmp_path) -> None:
+    """The surviving rank is inside an atomic write when its peer fails: spawn_ranks' SIGTERM
+    becomes SystemExit in the rank, so the write's temp file is removed and no result appears."""
+    from rank_helpers import write_slowly_or_raise
+
+    with pytest.raises(distributed.RankFailedError, match="rank 1 of 2.*peer failed mid-write"):
+        distributed.spawn_ranks(write_slowly_or_raise, (1, str(tmp_path)), 2, grace_seconds=1,
+                                deadline_seconds=RANKS_DEADLINE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["writing"]  # no results.json, no .tmp
