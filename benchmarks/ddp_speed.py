@@ -138,8 +138,6 @@ def train_rank(local_rank: int, name: str, args: argparse.Namespace, data: str, 
     Path(out, f"rank{local_rank}.json").write_text(
         json.dumps({"wall": wall, "cpu": cpu, "samples": rows, "batches": batches})
     )
-    if ddp:
-        torch.distributed.destroy_process_group()
 
 
 def measure(name: str, processes: int, args: argparse.Namespace, data: Path) -> dict:

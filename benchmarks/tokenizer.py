@@ -57,8 +57,8 @@ from recbole_letter.stages.item_tokenizer import (
     tokenizer_config_from,
 )
 from recbole_letter.stages.text_embeddings import item_text_embeddings
-from recbole_letter.tokenization.fit import fit_tokenizer
-from recbole_letter.tokenization.report import index_report
+from recbole_letter.tokenization.fit import decode_codes, encode_codes, fit_tokenizer
+from recbole_letter.tokenization.report import explained_variance, index_report
 from recbole_letter.tokenization.semantic_ids import make_unique
 
 # RecBole's LightGCN propagates the whole user-item graph for every batch: at its default batch of
@@ -66,6 +66,7 @@ from recbole_letter.tokenization.semantic_ids import make_unique
 # of epochs on a shared CPU. 16x larger batches with a 10x learning rate train in ~12 CPU-s/epoch.
 CF_CONFIG = "{train_batch_size: 32768, learning_rate: 0.01}"
 METHODS = ("RQVAE", "LETTER")
+RELEASED = " (released IDs)"  # same network, final IDs assigned as the released code does
 # LETTER's CF-agreement lift before issue 12 (3-seed means, benchmarks/results/tokenizer_<ds>_pre12.json):
 # the fix for deeper-level collapse must not lose CF alignment.
 LIFT_BEFORE = {"ml-1m": 51.07, "ml-100k": 27.80}
@@ -102,25 +103,39 @@ def load_inputs(dataset: str, cf_epochs: int, cf_config: dict, overrides: dict[s
     return config, data, emb, cf
 
 
-def fit_one(config, dataset, method: str, emb: np.ndarray, cf_raw: np.ndarray, epochs: int, seed: int) -> dict:
+def fit_one(config, dataset, method: str, emb: np.ndarray, cf_raw: np.ndarray, epochs: int,
+            seed: int) -> dict[str, dict[str, float]]:
     """Fit one tokenizer as the tokenizer stage does (same config, CF normalisation, collision
-    resolution and report), but uncached and timed."""
+    resolution and report), but uncached and timed.
+
+    Returns two reports of the *same* fitted network: ``ids`` with the configured final
+    assignment (``id_sinkhorn_from_level``) and ``released`` with the released code's (Sinkhorn
+    on the training levels only). Training does not depend on the final assignment, so the
+    pair is an exact before/after of issue 12's fix on identical inputs, seeds and weights.
+    """
     cfg = tokenizer_config_from(config, method)
     cfg.epochs, cfg.seed = epochs, seed
     cf = normalise_cf_rows(cf_raw) if cfg.alpha > 0 else None
     wall, cpu = time.perf_counter(), time.process_time()
     result = fit_tokenizer(emb, cf, cfg, progress=False)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    tok = ItemTokenizer(item_tokens(dataset), result.codes, result.codes, cfg.codebook_sizes,
-                        model=result.model, config=cfg)
-    tok.codes, _ = make_unique(result.codes, tok.last_level_distances(emb), cfg.codebook_sizes)
-    report = dict(build_report(tok, config, dataset))
-    report["restarted_codes"] = float(sum(result.restarted_codes))
-    report["final_recon_loss"] = result.history["recon"][-1] if result.history["recon"] else float("nan")
-    report["fit_seconds"] = wall
-    report["fit_cpu_seconds"] = cpu
-    report["explained_variance"] = result.explained_variance
-    return report
+    model = result.model
+    configured = model.id_sinkhorn_levels
+    model.id_sinkhorn_levels = model.sinkhorn_levels
+    released_codes = encode_codes(model, emb, cfg)
+    model.id_sinkhorn_levels = configured
+    out = {}
+    for name, codes in (("ids", result.codes), ("released", released_codes)):
+        tok = ItemTokenizer(item_tokens(dataset), codes, codes, cfg.codebook_sizes, model=model, config=cfg)
+        tok.codes, _ = make_unique(codes, tok.last_level_distances(emb), cfg.codebook_sizes)
+        report = dict(build_report(tok, config, dataset))
+        report["explained_variance"] = explained_variance(emb, decode_codes(model, torch.from_numpy(codes)).numpy())
+        report["restarted_codes"] = float(sum(result.restarted_codes))
+        report["final_recon_loss"] = result.history["recon"][-1] if result.history["recon"] else float("nan")
+        report["fit_seconds"] = wall
+        report["fit_cpu_seconds"] = cpu
+        out[name] = report
+    return out
 
 
 def published_reports(shared: Path) -> dict[str, dict[str, float]]:
@@ -200,7 +215,7 @@ def verdict(summary: dict[str, dict[str, dict[str, float]]], dataset: str, n_ite
     r, t = summary["RQVAE"], summary["LETTER"]
     mean = {m: {k: v["mean"] for k, v in summary[m].items()} for m in summary}
     n_levels = sum(1 for k in t if k.startswith("gini@L"))
-    mean_gini = {m: np.mean([mean[m][f"gini@L{l}"] for l in range(1, n_levels + 1)]) for m in summary}
+    mean_gini = {m: np.mean([mean[m][f"gini@L{l}"] for l in range(1, n_levels + 1)]) for m in METHODS}
     lines = [f"- LETTER vs RQVAE: {name}: {'yes' if ok else 'NO'}" for name, ok in [
         ("CF-neighbour agreement higher", t["cf_neighbour_agreement"]["mean"] > r["cf_neighbour_agreement"]["mean"]),
         ("CF agreement lift over chance higher", t["cf_agreement_lift"]["mean"] > r["cf_agreement_lift"]["mean"]),
@@ -217,10 +232,14 @@ def verdict(summary: dict[str, dict[str, dict[str, float]]], dataset: str, n_ite
             f"{'yes' if m[f'entropy_bits@L{lvl}'] >= 7.5 else 'NO'}; Gini {m[f'gini@L{lvl}']:.3f} <= 0.35: "
             f"{'yes' if m[f'gini@L{lvl}'] <= 0.35 else 'NO'}"
         )
+    released = mean.get("LETTER" + RELEASED)
+    if released is not None:
+        lines.append(f"- issue 12: LETTER lift {m['cf_agreement_lift']:.2f} >= {released['cf_agreement_lift']:.2f} "
+                     f"(same networks, released IDs): {'yes' if m['cf_agreement_lift'] >= released['cf_agreement_lift'] else 'NO'}")
     before = LIFT_BEFORE.get(dataset)
     if before is not None:
-        lines.append(f"- issue 12: LETTER lift {m['cf_agreement_lift']:.2f} >= {before:.2f} (before issue 12): "
-                     f"{'yes' if m['cf_agreement_lift'] >= before else 'NO'}")
+        lines.append(f"- issue 12: LETTER lift {m['cf_agreement_lift']:.2f} >= {before:.2f} (LETTER before issue 12, "
+                     f"3-seed mean): {'yes' if m['cf_agreement_lift'] >= before else 'NO'}")
     lines.append(f"- issue 12: collisions before resolution {m['collisions_before']:.1f} <= RQVAE's "
                  f"{mean['RQVAE']['collisions_before']:.1f}: "
                  f"{'yes' if m['collisions_before'] <= mean['RQVAE']['collisions_before'] else 'NO'}")
@@ -253,11 +272,14 @@ def main() -> None:
 
     cf_config = yaml.safe_load(args.cf_config) or None
     config, dataset, emb, cf = load_inputs(args.dataset, args.cf_epochs, cf_config, overrides, args.cache_dir)
-    runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+    columns = [f"{m}{suffix}" for suffix in ("", RELEASED) for m in METHODS]
+    runs: dict[str, list[dict[str, float]]] = {c: [] for c in columns}
     for seed in args.seeds:
         for method in METHODS:
-            report = fit_one(config, dataset, method, emb, cf, args.epochs, seed)
-            runs[method].append(report)
+            both = fit_one(config, dataset, method, emb, cf, args.epochs, seed)
+            runs[method].append(both["ids"])
+            runs[method + RELEASED].append(both["released"])
+            report = both["ids"]
             print(f"seed {seed} {method}: gini@L1 {report['gini@L1']:.4f}, util@L1 {report['utilisation@L1']:.4f}, "
                   f"collisions before {report['collision_rate_before']:.4f}, CF agreement "
                   f"{report['cf_neighbour_agreement']:.4f} (lift {report['cf_agreement_lift']:.2f}), "

@@ -16,6 +16,9 @@ What can hang a data-parallel run, and what this module does about it:
   cache entries) runs and nothing half-written is left.
 * **Rank 0 busy for a long time while the others wait** (fitting the tokenizer before training):
   that wait uses its own, longer bound (``ddp_stage_timeout``) instead of the collective timeout.
+* **A rank that finished but never exits.** Freeing the last reference to a gloo group right
+  after a collective can deadlock in torch 2.13 (see :func:`_rank_entry`); ranks never destroy
+  their group and end with :func:`exit_process` (``os._exit`` after flushing).
 
 Ground layer: imports only torch and the standard library.
 """
@@ -110,16 +113,15 @@ def wait_for_rank_zero(done_by_rank_zero: Callable[[], Any], stage_timeout: _dt.
     import torch.distributed as dist
 
     kwargs = {"timeout": stage_timeout} if stage_timeout is not None else {}
+    # Not destroyed afterwards: destroying a gloo group can deadlock (see _rank_entry); it lives
+    # as long as the default group, and ranks end with exit_process.
     group = dist.new_group(backend="gloo", **kwargs)
-    try:
-        if dist.get_rank() != 0:
-            dist.barrier(group=group)
-        result = done_by_rank_zero()
-        if dist.get_rank() == 0:
-            dist.barrier(group=group)
-        return result
-    finally:
-        dist.destroy_process_group(group)
+    if dist.get_rank() != 0:
+        dist.barrier(group=group)
+    result = done_by_rank_zero()
+    if dist.get_rank() == 0:
+        dist.barrier(group=group)
+    return result
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -131,10 +133,13 @@ def _rank_entry(local_rank: int, fn: Callable[..., None], args: Sequence[Any], e
 
     SIGTERM (sent when another rank failed) becomes ``SystemExit``, so ``finally``/``except
     BaseException`` blocks remove their temp files. The process then ends with ``os._exit``
-    instead of a normal interpreter exit: tearing down a gloo process group while DDP's reducer
-    is garbage-collected can deadlock (the group's destructor joins a gloo worker thread that
-    waits for the GIL the destructor holds; seen with torch 2.13 as a rank that finished its
-    work and never exited). Output is flushed first; a failure's traceback goes to stderr and to
+    instead of a normal interpreter exit, and ``fn`` must not destroy its process group: when
+    the last reference to a gloo group goes (``destroy_process_group`` followed by DDP's reducer
+    being collected, or interpreter teardown), the group's destructor joins its worker threads
+    while holding the GIL, and a worker still releasing a finished collective waits for that
+    GIL: a deadlock (seen with torch 2.13 as a rank that finished its work and never exited,
+    more often on a loaded machine). Keeping the group registered until ``os._exit`` means its
+    destructor never runs. Output is flushed first; a failure's traceback goes to stderr and to
     ``error_dir`` for :func:`spawn_ranks`' message.
     """
     import sys

@@ -296,10 +296,9 @@ def run_models_distributed(
             ip=os.environ["MASTER_ADDR"],
             port=os.environ["MASTER_PORT"],
         )
-        try:
-            results, path = run_models(models, dataset, config_files, cd, saved=saved)
-        finally:
-            _destroy_group()
+        # The group is left up: destroying a gloo group can deadlock (distributed._rank_entry);
+        # the CLI ends a torchrun rank with distributed.exit_process.
+        results, path = run_models(models, dataset, config_files, cd, saved=saved)
         return (results, path) if _dict_rank(cd) == 0 else (results, None)
 
     from recbole_letter.distributed import as_timeout, host_store, spawn_ranks
@@ -345,17 +344,9 @@ def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved,
     """One process of :func:`run_models_distributed` (module level so ``spawn`` can import it).
     Global rank 0 hands its results to the spawning process through a file in ``handoff``."""
     cd = {**config_dict, "local_rank": local_rank}
-    try:
-        results, path = run_models(models, dataset, config_files, cd, saved=saved)
-    finally:
-        _destroy_group()
+    # No destroy_process_group: the process ends with os._exit right after (see distributed._rank_entry).
+    results, path = run_models(models, dataset, config_files, cd, saved=saved)
     if _dict_rank(cd) == 0:
         with atomic_open(Path(handoff, "rank0.pkl"), "wb") as handle:
             handle.write(pickle.dumps((results, None if path is None else str(path))))
 
-
-def _destroy_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()

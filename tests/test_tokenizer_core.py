@@ -481,3 +481,79 @@ def test_id_sinkhorn_levels_balance_final_ids_without_changing_training() -> Non
     assert np.array_equal(plain.codes[:, 0], balanced.codes[:, 0])  # the first level is untouched
     assert gini(np.bincount(balanced.codes[:, 1], minlength=8)) < gini(np.bincount(plain.codes[:, 1], minlength=8))
     assert np.array_equal(encode_codes(balanced.model, emb, tiny_cfg(id_sinkhorn_from_level=2)), balanced.codes)
+
+
+def _shipped_tokenizer_config(**tiny) -> TokenizerConfig:
+    """``properties/model/LETTER.yaml`` as the tokenizer stage reads it, with tiny sizes."""
+    from pathlib import Path
+
+    import yaml
+
+    import recbole_letter
+    from recbole_letter.stages.item_tokenizer import CONFIG_KEYS
+
+    yaml_path = Path(recbole_letter.__file__).parent / "properties" / "model" / "LETTER.yaml"
+    shipped = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    values = {field: shipped[key] for key, field in CONFIG_KEYS.items() if key in shipped}
+    values.update(tiny)
+    return TokenizerConfig.from_dict(values)
+
+
+def test_shipped_config_balances_every_deeper_level_of_the_final_ids() -> None:
+    """Issue 12 regression guard: with the default LETTER.yaml, final IDs of levels 2..L stay
+    near uniform even when every residual's nearest deeper code is the same one (the ml-1m
+    collapse: one small-norm code took most items at level 3), while level 1 keeps its
+    nearest (CF-aligned) codes."""
+    from recbole_letter.tokenization.fit import build_model
+    from recbole_letter.tokenization.report import gini
+
+    cfg = _shipped_tokenizer_config(hidden_dims=(), code_dim=2, num_levels=4, codebook_size=4, n_div_clusters=2)
+    assert cfg.id_sinkhorn_levels == [2, 3, 4]
+    model = build_model(cfg, in_dim=2)
+    far = torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 9.0], [9.0, 9.0]])
+    with torch.no_grad():
+        model.encoder[0].weight.copy_(torch.eye(2))
+        model.encoder[0].bias.zero_()
+        model.codebooks[0].copy_(torch.tensor([[-5.0, -5.0], [5.0, -5.0], [-5.0, 5.0], [5.0, 5.0]]))
+        for book in model.codebooks[1:]:
+            book.copy_(far)  # every small residual is nearest to code 0
+    model.codebooks_initialised.fill_(True)
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-5.0, -5.0], [5.0, -5.0], [-5.0, 5.0], [5.0, 5.0]])
+    x = (centres.repeat(40, 1) + 0.1 * torch.randn(160, 2, generator=gen)).numpy()
+
+    codes = encode_codes(model, x, cfg)
+    nearest = encode_codes(model, x, cfg, use_sinkhorn=False)
+    assert np.array_equal(codes[:, 0], nearest[:, 0])  # level 1 untouched
+    assert (nearest[:, 1:] == 0).all()  # without balancing, every deeper level collapses
+    for lvl in range(1, 4):
+        counts = np.bincount(codes[:, lvl], minlength=4)
+        assert (counts > 0).all(), f"level {lvl + 1} leaves codes unused: {counts}"
+        assert gini(counts) <= 0.35, f"level {lvl + 1} is skewed: {counts}"
+    released = _shipped_tokenizer_config(hidden_dims=(), code_dim=2, num_levels=4, codebook_size=4,
+                                         n_div_clusters=2, id_sinkhorn_from_level=0)
+    model.id_sinkhorn_levels = frozenset(lvl - 1 for lvl in released.id_sinkhorn_levels)
+    collapsed = encode_codes(model, x, released)
+    assert (collapsed[:, 1:3] == 0).all()  # the released assignment: levels 2-3 pile onto one code
+
+
+def test_cf_levels_contrasts_the_leading_codes_straight_through() -> None:
+    from recbole_letter.tokenization.fit import _cf_side
+
+    with pytest.raises(ValueError, match="cf_levels must be 0"):
+        tiny_cfg(cf_levels=4)  # 3 levels
+    model = RQVAE(in_dim=4, hidden_dims=(), code_dim=3, num_levels=3, codebook_size=5, sinkhorn_levels=())
+    model.init_codebooks(model.encode(torch.randn(40, 4, generator=torch.Generator().manual_seed(1))).detach(), iters=3)
+    out = model(torch.randn(6, 4, generator=torch.Generator().manual_seed(2)))
+    assert _cf_side(out, 0) is out.z_q and _cf_side(out, 3) is out.z_q  # the whole latent (released)
+    first = _cf_side(out, 1)
+    assert torch.allclose(first, out.quantized[:, 0])  # value: the first-level code
+    first.sum().backward()
+    assert model.codebooks[0].grad is None  # straight-through: the gradient goes to the encoder
+    assert model.encoder[0].weight.grad is not None and model.encoder[0].weight.grad.abs().sum() > 0
+    # the option reaches training: a different CF loss, the same shapes and finite values
+    emb, cf = tiny_data(n=120)
+    whole = fit_tokenizer(emb, cf, tiny_cfg(alpha=0.1), progress=False)
+    lead = fit_tokenizer(emb, cf, tiny_cfg(alpha=0.1, cf_levels=1), progress=False)
+    assert whole.history["cf"] != lead.history["cf"]
+    assert all(math.isfinite(v) for v in lead.history["cf"])

@@ -61,6 +61,7 @@ CONFIG_KEYS: dict[str, str] = {
     "beta": "beta",
     "cf_similarity": "cf_similarity",
     "cf_temperature": "cf_temperature",
+    "cf_levels": "cf_levels",
     "div_temperature": "div_temperature",
     "n_div_clusters": "n_div_clusters",
     "div_refresh_every": "div_refresh_every",

@@ -117,7 +117,16 @@ class DataParallelTrial:
         self.job = job
 
     def __call__(self, config: dict[str, Any]) -> None:
+        import torch.distributed as dist
+
         _run_trial(config, self.job, ray_api.worker_report, ranks=ray_api.worker_ranks())
+        # Ray destroys the group when the trial ends. Dropping the last reference to a gloo group
+        # right after a collective can deadlock (recbole_letter.distributed._rank_entry): keep one,
+        # so the group is freed only when the worker process ends.
+        _KEEP_GROUPS.append(dist.group.WORLD)
+
+
+_KEEP_GROUPS: list[Any] = []
 
 
 def _run_trial(config: dict[str, Any], job: TrialJob, report: Any, ranks: tuple[int, int, int, int] | None) -> None:
