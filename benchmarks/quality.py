@@ -39,11 +39,15 @@ SASRec: per full epoch), the best checkpoint is tested. Adds a row with the item
 input (``encoder_input: items``). Writes ``quality_<dataset>_converge.json`` with every row's
 learning curve (valid NDCG@10 against training sequences seen) and ``..._converge.png``.
 ``--jobs N`` runs N rows at once in separate processes (one torch thread each); the stage caches
-are shared and locked, so each tokenizer is still fitted once.
+are shared and locked, so each tokenizer is still fitted once. Every row records why it stopped
+(``stopped``: ``patience`` = converged under the protocol; ``epoch cap``; or ``time limit`` from
+``--row_minutes`` / ``--stop_by``, wall-clock limits that end training after the next validation
+and test the best checkpoint so far, so a run on a shared machine ends on schedule and says which
+rows it capped).
 
 Examples::
 
-    python benchmarks/quality.py --dataset=ml-100k --converge --jobs=2
+    python benchmarks/quality.py --dataset=ml-100k --converge --jobs=5 --stop_by=2026-12-01T18:36
     python benchmarks/quality.py --dataset=ml-100k
     python benchmarks/quality.py --dataset=Instruments --max_users=2000
     python benchmarks/quality.py --dataset=Instruments --paper            # GPU, paper scale
@@ -336,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_epochs": baseline_epochs,
         "overrides": overrides,
         "train_rows_approx": train_rows,
+        "time_limits": {"row_minutes": args.row_minutes, "stop_by": args.stop_by},
     }
     previous: list[dict] = []
     if wanted and out.is_file():

@@ -16,6 +16,9 @@ What can hang a data-parallel run, and what this module does about it:
   cache entries) runs and nothing half-written is left.
 * **Rank 0 busy for a long time while the others wait** (fitting the tokenizer before training):
   that wait uses its own, longer bound (``ddp_stage_timeout``) instead of the collective timeout.
+* **A rank that finished but never exits.** Freeing the last reference to a gloo group right
+  after a collective can deadlock in torch 2.13 (see :func:`_rank_entry`); ranks never destroy
+  their group and end with :func:`exit_process` (``os._exit`` after flushing).
 
 Ground layer: imports only torch and the standard library.
 """

@@ -298,3 +298,48 @@ def test_cli_rank_killed_mid_training_exits_nonzero_with_nothing_half_written(tm
     assert [p for p in leftovers if p.name.endswith(".tmp") or ".tmp-" in str(p)] == []
     for checkpoint in saved.glob("*.pth"):  # complete files only: each loads
         assert "state_dict" in compat.load_trusted_checkpoint(checkpoint)
+
+
+# ----------------------------------------------------------------------------- spawn_ranks itself
+
+
+def test_a_raising_rank_stops_the_sleeping_one_and_is_named(tmp_path) -> None:
+    from rank_helpers import sleep_or_raise
+
+    started = time.monotonic()
+    with pytest.raises(distributed.RankFailedError) as failed:
+        distributed.spawn_ranks(sleep_or_raise, (1, str(tmp_path)), 2, grace_seconds=1, deadline_seconds=RANKS_DEADLINE)
+    message = str(failed.value)
+    assert "rank 1 of 2" in message and "ValueError: boom on rank 1" in message and "Traceback" in message
+    assert time.monotonic() - started < RANKS_DEADLINE / 2  # ended by the failure, not by the deadline
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["started0", "started1"]
+
+
+def test_ranks_past_the_deadline_are_killed(tmp_path) -> None:
+    from rank_helpers import sleep_or_raise
+
+    started = time.monotonic()
+    with pytest.raises(distributed.RankTimeoutError, match="did not finish within 10 s"):
+        distributed.spawn_ranks(sleep_or_raise, (None, str(tmp_path)), 2, deadline_seconds=10)
+    assert time.monotonic() - started < 60
+    alive = [p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+    assert alive == []  # killed, not left behind
+
+
+def test_a_busy_port_is_a_clear_error_before_any_rank_starts() -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        with pytest.raises(RuntimeError, match=f"cannot host the rendezvous on port {sock.getsockname()[1]}.*Fix"):
+            distributed.host_store(sock.getsockname()[1], 2)
+
+
+def test_a_rank_stopped_mid_write_leaves_no_half_written_file(tmp_path) -> None:
+    """The surviving rank is inside an atomic write when its peer fails: spawn_ranks' SIGTERM
+    becomes SystemExit in the rank, so the write's temp file is removed and no result appears."""
+    from rank_helpers import write_slowly_or_raise
+
+    with pytest.raises(distributed.RankFailedError, match="rank 1 of 2.*peer failed mid-write"):
+        distributed.spawn_ranks(write_slowly_or_raise, (1, str(tmp_path)), 2, grace_seconds=1,
+                                deadline_seconds=RANKS_DEADLINE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["writing"]  # no results.json, no .tmp
