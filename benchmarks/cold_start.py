@@ -282,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     name, cold_tokens = write_cold_dataset(src, args.dataset, data_root, args.max_users, args.cold_share, args.seed)
     files = args.config_files.split()
     model_files = parse_model_files(args.model_files)
-    base = {"checkpoint_dir": str(checkpoint_dir), "data_path": str(data_root), "state": "WARNING",
-            "show_progress": False, **overrides}
+    # --data_path names where the *source* dataset is; every model reads the held-out copy
+    base = {"state": "WARNING", "show_progress": False, **overrides,
+            "checkpoint_dir": str(checkpoint_dir), "data_path": str(data_root)}
 
     def prepared(model_name: str):
         config, spec = build_config(model_name, name, files + model_files.get(model_name, []), dict(base))
