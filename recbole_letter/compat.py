@@ -33,6 +33,18 @@ _NUMPY_ALIASES = {
     "complex_": "complex128",
     "unicode_": "str_",
     "bool8": "bool_",
+    # The builtin-named aliases RecBole's ``Config.compatibility_settings`` sets (same targets):
+    # its metrics use them (``NDCG.metric_info`` calls ``np.zeros_like(..., dtype=np.float)``), so
+    # evaluating a checkpoint loaded without constructing a Config -- ``load_data_and_model``
+    # unpickles it -- fails with "numpy has no attribute 'float'" unless they exist up front.
+    "bool": "bool_",
+    "int": "int_",
+    "float": "float64",
+    "complex": "complex128",
+    "object": "object_",
+    "str": "str_",
+    "long": "int_",
+    "unicode": "str_",
 }
 
 

@@ -47,14 +47,29 @@ def test_recbole_config_needs_the_numpy_aliases(tiny_seq_dataset, fast_config, m
 
 def test_restore_numpy_aliases_fills_every_missing_alias_and_never_shadows(monkeypatch) -> None:
     for old in compat._NUMPY_ALIASES:
-        monkeypatch.delattr(np, old)
-        with pytest.raises(AttributeError):
-            getattr(np, old)
+        if old in np.__dict__ and np.__dict__[old] is not getattr(np, compat._NUMPY_ALIASES[old]):
+            continue  # a real numpy attribute of another meaning: never ours to remove or set
+        monkeypatch.delattr(np, old, raising=False)  # RecBole's Config may have set it already
     sentinel = object()
     monkeypatch.setattr(np, "bool8", sentinel, raising=False)  # a "real" attribute must survive
     compat._restore_numpy_aliases()
     assert np.float_ is np.float64 and np.complex_ is np.complex128 and np.unicode_ is np.str_
     assert np.bool8 is sentinel
+
+
+def test_metrics_of_a_loaded_checkpoint_work_without_building_a_config() -> None:
+    """``load_data_and_model`` unpickles the Config, so RecBole's ``compatibility_settings`` never
+    runs; its NDCG uses ``np.float``, which numpy 2 removed. A fresh process that only applied the
+    shim must still compute NDCG (it raised AttributeError before the builtin-named aliases)."""
+    code = (
+        "import numpy as np; import recbole_letter.compat as c; c.apply(); "
+        "from recbole.evaluator.metrics import NDCG; "
+        "r = NDCG.metric_info(None, np.array([[True, False], [False, False]]), np.array([1, 1])); "
+        "print(round(float(r[0, 1]), 4), round(float(r[1, 1]), 4))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1.0", "0.0"]
 
 
 # ----------------------------------------------------------------------------- dok_matrix._update
