@@ -6,9 +6,11 @@ its own ``tmp_path``.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +19,36 @@ import torch
 import recbole_letter  # noqa: F401  (applies the compat shims before any test imports RecBole)
 
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark_script(stem: str) -> Iterator[ModuleType]:
+    """``benchmarks/<stem>.py`` imported as when it runs as a script: Python then puts its own folder
+    (with ``benchmarks/common.py``) first on the path, so the tests import it the same way."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+        spec = importlib.util.spec_from_file_location(f"{stem}_benchmark", REPO_ROOT / "benchmarks" / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+
+
+@pytest.fixture(scope="module")
+def quality() -> Iterator[ModuleType]:
+    """``benchmarks/quality.py`` as a module."""
+    yield from _benchmark_script("quality")
+
+
+@pytest.fixture(scope="module")
+def scale() -> Iterator[ModuleType]:
+    """``benchmarks/scale.py`` as a module."""
+    yield from _benchmark_script("scale")
+
+
+@pytest.fixture(scope="module")
+def cold_start() -> Iterator[ModuleType]:
+    """``benchmarks/cold_start.py`` as a module."""
+    yield from _benchmark_script("cold_start")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,5 +1,4 @@
 """benchmarks/cold_start.py helpers: holding items out, the reference floor, text metrics (no training)."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +8,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def cold_start():
-    # As when the script runs: Python puts its own folder (with benchmarks/common.py) on the path.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "benchmarks"))
-        spec = importlib.util.spec_from_file_location("cold_start_benchmark", ROOT / "benchmarks" / "cold_start.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
 
 
 def test_held_out_items_keep_only_their_test_interactions(cold_start, tmp_path):

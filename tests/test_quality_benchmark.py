@@ -1,6 +1,5 @@
 """benchmarks/quality.py helpers: user subsampling, row selection, budget accounting (no training)."""
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,15 +8,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def quality():
-    # As when the script runs: Python puts its own folder (with benchmarks/common.py) on the path.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "benchmarks"))
-        spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
 
 
 def _write_inter(folder: Path, name: str, n_users: int = 10, per_user: int = 6) -> None:

@@ -1,5 +1,4 @@
 """benchmarks/scale.py helpers: the synthetic tables and the dense-size estimate that decides what to skip."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,6 @@ from recbole_letter.generation.prefix_index import PrefixIndex
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def scale():
-    # As when the script runs: Python puts its own folder (with benchmarks/common.py) on the path.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "benchmarks"))
-        spec = importlib.util.spec_from_file_location("scale_benchmark", ROOT / "benchmarks" / "scale.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
 
 
 def test_random_table_is_padded_distinct_sorted_and_in_range(scale):
