@@ -90,6 +90,8 @@ def apply() -> None:
     _patch_recbole_quick_start()
     _patch_after_import("recbole.config.configurator", _install_any_backend_init)
     _patch_after_import("recbole.trainer.trainer", _install_cpu_ddp)
+    for name in _ENSURE_DIR_USERS:
+        _patch_after_import(name, _install_race_free_ensure_dir)
     _APPLIED = True
 
 
@@ -523,6 +525,16 @@ def _ddp_any_device(module: Any, device_ids: Any = None, **kwargs: Any) -> Any:
 def _ensure_dir_race_free(dir_path: str) -> None:
     """RecBole's ``ensure_dir`` checks then creates: two ranks creating ``saved/`` at once crash."""
     os.makedirs(dir_path, exist_ok=True)
+
+
+# Every RecBole module that binds ``ensure_dir`` by name (the trainer is patched with its DDP fix).
+# ``init_logger`` creates ``./log`` with it on every rank, so two ranks starting together could die
+# with FileExistsError (seen in CI: test_cli_two_ranks_run_tiger_end_to_end).
+_ENSURE_DIR_USERS = ("recbole.utils.utils", "recbole.utils", "recbole.utils.logger", "recbole.data.utils")
+
+
+def _install_race_free_ensure_dir(module: Any) -> None:
+    module.ensure_dir = _ensure_dir_race_free
 
 
 def _install_cpu_ddp(module: Any) -> None:

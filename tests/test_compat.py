@@ -72,6 +72,22 @@ def test_metrics_of_a_loaded_checkpoint_work_without_building_a_config() -> None
     assert out.stdout.split() == ["1.0", "0.0"]
 
 
+def test_every_recbole_ensure_dir_survives_a_directory_created_concurrently(tmp_path) -> None:
+    """Two ranks start together and both create ``./log`` (init_logger) or ``saved/``: RecBole's
+    check-then-create ``ensure_dir`` raised FileExistsError in the second one. Simulate the race
+    (the check says "absent", the directory exists) in every module that binds the function."""
+    code = (
+        "import os, sys; import recbole_letter; "
+        "import recbole.utils.logger, recbole.utils, recbole.utils.utils, recbole.data.utils, recbole.trainer.trainer; "
+        "os.path.exists = lambda p: False; "
+        "[sys.modules[m].ensure_dir(sys.argv[1]) for m in ('recbole.utils.logger', 'recbole.utils', "
+        "'recbole.utils.utils', 'recbole.data.utils', 'recbole.trainer.trainer')]; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
 # ----------------------------------------------------------------------------- dok_matrix._update
 
 
