@@ -29,6 +29,7 @@ from recbole_letter import compat, distributed
 # ``recbole_letter`` the working directory of a test would resolve to) and these helpers.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from conftest import write_inter  # noqa: E402
+from run_settings import leave_one_out_full_sort  # noqa: E402
 from test_tiger import DATASET, SMALL, TIGER_YAML, write_successor_dataset  # noqa: E402
 
 TOPK_METRICS = ["Recall", "NDCG", "MRR"]
@@ -51,8 +52,7 @@ def hosted_rendezvous(world_size: int) -> tuple[object, dict]:
 def tiger_config_dict(root: Path, **extra) -> dict:
     return {
         "data_path": str(root),
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        **leave_one_out_full_sort(),
         "train_neg_sample_args": None,
         "loss_type": "CE",
         "MAX_ITEM_LIST_LENGTH": 5,
@@ -60,7 +60,6 @@ def tiger_config_dict(root: Path, **extra) -> dict:
         "metrics": TOPK_METRICS,
         "valid_metric": "NDCG@10",
         "metric_decimal_place": 12,  # RecBole rounds per rank before averaging: keep rounding out of the comparison
-        "repeatable": True,
         "beam_size": 10,
         "epochs": 1,
         "train_batch_size": 64,  # the global batch: 32 rows per rank with 2 ranks
@@ -71,8 +70,6 @@ def tiger_config_dict(root: Path, **extra) -> dict:
         "learner": "sgd",
         "learning_rate": 0.5,
         "seed": 7,
-        "show_progress": False,
-        "state": "ERROR",
         "checkpoint_dir": str(root.parent / "saved"),
         **SMALL,
         **extra,

@@ -22,6 +22,7 @@ from recbole_letter.llm.batching import IGNORE_INDEX, encode_training
 from recbole_letter.model.lcrec import LCRec, LCRecTrainer
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable, export_index_json
 from decoding import unique_table
+from run_settings import leave_one_out_full_sort
 
 LCREC_YAML = Path(__file__).resolve().parents[1] / "properties" / "model" / "LCRec.yaml"
 DATASET = "ring"
@@ -54,13 +55,11 @@ def make_config(tmp_path: Path, n_users: int = 120, **overrides) -> Config:
     data_path = write_ring_dataset(tmp_path / "data", n_users=n_users)
     config_dict = {
         "data_path": str(data_path),
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        **leave_one_out_full_sort(),
         "MAX_ITEM_LIST_LENGTH": 4,
         "topk": [1, 5, 10],
         "metrics": ["Recall", "NDCG"],
         "valid_metric": "NDCG@10",
-        "repeatable": True,
         "llm_path": "tiny-random",
         "lcrec_tasks": "seqrec",
         "beam_size": 10,
@@ -68,8 +67,6 @@ def make_config(tmp_path: Path, n_users: int = 120, **overrides) -> Config:
         "eval_batch_size": 256,
         "epochs": 1,
         "seed": 7,
-        "show_progress": False,
-        "state": "ERROR",
         "checkpoint_dir": str(tmp_path / "saved"),
     }
     config_dict.update(overrides)

@@ -24,6 +24,7 @@ from recbole_letter import cli
 from recbole_letter.model.lcrec import LCRecTrainer
 from recbole_letter.model.store import STORE, STORE_TASKS
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable
+from run_settings import leave_one_out_full_sort
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_YAMLS = [str(Path(__file__).resolve().parents[1] / "properties" / "model" / f"{m}.yaml") for m in ("LCRec", "STORE")]
@@ -70,21 +71,17 @@ def build(tmp_path: Path, known: np.ndarray, unassigned: Sequence[int] = (), **o
     data_path = write_catalogue(tmp_path / "data", known)
     config_dict = {
         "data_path": str(data_path),
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        **leave_one_out_full_sort(),
         "MAX_ITEM_LIST_LENGTH": 3,
         "topk": [1, 5],
         "metrics": ["Recall", "NDCG"],
         "valid_metric": "NDCG@5",
-        "repeatable": True,
         "llm_path": "tiny-random",
         "beam_size": 5,
         "decode_batch_size": 64,
         "eval_batch_size": 256,
         "epochs": 1,
         "seed": 7,
-        "show_progress": False,
-        "state": "ERROR",
         "checkpoint_dir": str(tmp_path / "saved"),
     }
     config_dict.update(overrides)

@@ -22,6 +22,7 @@ from recbole_letter.generation.trainer import GenerativeTrainer
 from recbole_letter.model.tiger import TIGER
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable
 from decoding import unique_table
+from run_settings import leave_one_out_full_sort
 
 TIGER_YAML = Path(__file__).resolve().parents[1] / "properties" / "model" / "TIGER.yaml"
 DATASET = "succ"
@@ -69,21 +70,17 @@ def make_config(tmp_path: Path, **overrides) -> Config:
     data_path = write_successor_dataset(tmp_path / "data")
     config_dict = {
         "data_path": str(data_path),
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        **leave_one_out_full_sort(),
         "train_neg_sample_args": None,
         "loss_type": "CE",
         "MAX_ITEM_LIST_LENGTH": 5,
         "topk": [1, 5, 10],
         "metrics": ["Recall", "NDCG"],
         "valid_metric": "NDCG@10",
-        "repeatable": True,
         "beam_size": 10,
         "epochs": 1,
         "eval_batch_size": 1024,
         "seed": 7,
-        "show_progress": False,
-        "state": "ERROR",
         **SMALL,
     }
     config_dict.update(overrides)
