@@ -6,7 +6,6 @@ code table as ``config["semantic_id_table"]`` (what the runner's stage resolutio
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +44,9 @@ def write_ring_dataset(root: Path, n_items: int = N_ITEMS, n_users: int = 120, s
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["x"])
-    torch.set_num_threads(1)
+def _isolated(workdir):
+    """RecBole writes ./log and ./saved: run every test in its own directory (conftest's ``workdir``;
+    conftest also hides pytest's argv from RecBole and pins one torch thread)."""
 
 
 def make_config(tmp_path: Path, n_users: int = 120, **overrides) -> Config:

@@ -59,10 +59,9 @@ def split_codes(n_known: int, n_new: int, seed: int = 0) -> tuple[np.ndarray, np
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["x"])
-    torch.set_num_threads(1)
+def _isolated(workdir):
+    """RecBole writes ./log and ./saved: run every test in its own directory (conftest's ``workdir``;
+    conftest also hides pytest's argv from RecBole and pins one torch thread)."""
 
 
 def build(tmp_path: Path, known: np.ndarray, unassigned: Sequence[int] = (), **overrides):

@@ -6,7 +6,6 @@ stage is tested with the tokenizer).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +52,9 @@ def write_successor_dataset(root: Path, n_items: int = 50, n_users: int = 200, s
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """RecBole parses sys.argv and writes ./log, ./saved: keep both away from the repo."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["x"])
-    torch.set_num_threads(1)
+def _isolated(workdir):
+    """RecBole writes ./log and ./saved: run every test in its own directory (conftest's ``workdir``;
+    conftest also hides pytest's argv from RecBole and pins one torch thread)."""
 
 
 def with_random_table(config: Config, dataset) -> Config:
