@@ -6,14 +6,23 @@ d_ff 1024; same batches: 256 sequences, history 20 items x 4 codes = 80 encoder 
 AdamW step per batch, dropout 0.1 on; one thread; training sequences per CPU-second):
 
 * ``HF forward (before)``: ``T5ForConditionalGeneration.forward`` as TIGER called it before
-  ``generation/t5_fast.py`` (decoder cache on, SDPA math path, ``nn.Dropout``), vocabulary softmax;
+  ``generation/t5_fast.py`` (decoder cache on, SDPA math path, ``nn.Dropout``), vocabulary
+  softmax, glibc's default allocator: the baseline every ratio is taken against;
+* ``HF forward, freed memory reused``: the same with ``cpu_reuse_freed_memory`` (what the
+  allocator setting alone is worth);
 * ``fast forward, fp32``: :func:`recbole_letter.generation.t5_fast.t5_logits`, same loss
-  (the speed of the forward/backward alone);
+  (the speed of the forward/backward alone), freed memory reused as the package now runs it;
+  ``..., glibc default allocator``: the fast forward alone;
 * ``fast forward, fp32, trie softmax``: what ``TIGER.calculate_loss`` runs by default;
 * ``fast forward, bf16 autocast``: ``bf16_autocast: True`` (opt-in: changes the numbers);
 * ``item-level encoder input``: ``encoder_input: items`` (20 encoder positions instead of 80;
   a different architecture, reported for the departure's cost/benefit);
 * ``T5ForConditionalGeneration, 32128 vocab``: a text-token TIGER (HF loss on code tokens + eos).
+
+Every row but "before" and the 32k-vocabulary one runs with freed memory reused (column
+``freed_memory_reused``); each run gets one untimed step after the allocator is switched, so
+the timed steps see its steady state, as a long training does. Each timing runs in its own forked
+process (:func:`time_in_child`): allocator state carries over between runs in one process.
 
 Loss curves: the before/fast-fp32 (and bf16) forwards train copies of one initial model on the
 same batches, (a) with dropout off, where they must agree to float rounding, and (b) with dropout
@@ -37,6 +46,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from common import RESULTS, build_synthetic, clock, machine_info, synthetic_args, write_result
 
+from recbole_letter.cpu_memory import reuse_freed_memory
 from recbole_letter.generation.losses import ranking_guided_loss
 from recbole_letter.model.tiger import EOS_TOKEN, TIGER
 
@@ -89,6 +99,36 @@ def stepper(params, loss_fn: Callable) -> Callable:
     return step
 
 
+def time_in_child(run: Callable, reuse: bool, batches: list) -> float:
+    """CPU seconds of ``run`` over ``batches`` in a forked child with the allocator set to ``reuse``.
+
+    A fork per timing: the allocator's state is process-wide and history-dependent (a heap shaped
+    by an earlier run with reuse on keeps serving a later run without it, and once set, glibc's
+    mmap threshold stops adapting), so runs timed one after the other in one process would
+    measure each other; the parent never touches the allocator. The child starts from the parent's
+    untouched state, takes one untimed step so the allocator reaches the steady state of a long
+    training, then times ``batches``.
+    """
+    import multiprocessing
+
+    receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+
+    def child() -> None:
+        if reuse:  # otherwise glibc's untouched defaults (main() builds the model with them)
+            reuse_freed_memory(True)
+        run(batches[0])
+        start = clock()
+        for batch in batches:
+            run(batch)
+        send.send(clock() - start)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    seconds = receive.recv()
+    process.join()
+    return seconds
+
+
 def loss_curves(model: TIGER, batches: list, dropout: float, seed: int, bf16: bool) -> dict[str, list[float]]:
     """Per-step training losses of copies of ``model`` trained on ``batches`` by each forward."""
     runs = {"before": (False, False, seed), "before, other dropout seed": (False, False, seed + 1),
@@ -131,56 +171,67 @@ def main() -> None:
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
-            _, model, train_data, _ = build_synthetic(args, Path(tmp), train_batch_size=args.batch)
+            # cpu_reuse_freed_memory off: the forked timings must start from glibc's own defaults
+            _, model, train_data, _ = build_synthetic(
+                args, Path(tmp), train_batch_size=args.batch, cpu_reuse_freed_memory=False
+            )
         finally:
             os.chdir(cwd)
             sys.argv = argv
     batches = [b for b in train_data if len(b) == args.batch][: max(args.steps, 1)]
     model.train()
 
-    models = {name: copy.deepcopy(model) for name in ("before", "fast", "trie", "bf16", "items")}
-    runs: dict[str, Callable] = {
-        BEFORE: stepper(models["before"].parameters(), lambda b: loss_before(models["before"], b)),
-        "fast forward, fp32": stepper(models["fast"].parameters(), configure(models["fast"], True).calculate_loss),
-        "fast forward, fp32, trie softmax (TIGER default)": stepper(
-            models["trie"].parameters(), configure(models["trie"], True, softmax="trie").calculate_loss
+    models = {name: copy.deepcopy(model) for name in ("before", "before_reuse", "fast", "fast_glibc", "trie", "bf16", "items")}
+    # name -> (step function, reuse freed memory?). "before" is what TIGER ran before this work,
+    # with glibc's default allocator; the package now turns reuse on (cpu_reuse_freed_memory).
+    runs: dict[str, tuple[Callable, bool]] = {
+        BEFORE: (stepper(models["before"].parameters(), lambda b: loss_before(models["before"], b)), False),
+        "HF forward, freed memory reused": (
+            stepper(models["before_reuse"].parameters(), lambda b: loss_before(models["before_reuse"], b)), True
         ),
-        "item-level encoder input (fast fp32, trie)": stepper(
-            models["items"].parameters(), configure(models["items"], True, softmax="trie", encoder_input="items").calculate_loss
+        "fast forward, fp32, glibc default allocator": (
+            stepper(models["fast_glibc"].parameters(), configure(models["fast_glibc"], True).calculate_loss), False
+        ),
+        "fast forward, fp32": (stepper(models["fast"].parameters(), configure(models["fast"], True).calculate_loss), True),
+        "fast forward, fp32, trie softmax (TIGER default)": (
+            stepper(models["trie"].parameters(), configure(models["trie"], True, softmax="trie").calculate_loss), True
+        ),
+        "item-level encoder input (fast fp32, trie)": (
+            stepper(models["items"].parameters(),
+                    configure(models["items"], True, softmax="trie", encoder_input="items").calculate_loss),
+            True,
         ),
     }
     if bf16_ok:
-        runs["fast forward, bf16 autocast (trie)"] = stepper(
-            models["bf16"].parameters(), configure(models["bf16"], True, bf16=True, softmax="trie").calculate_loss
+        runs["fast forward, bf16 autocast (trie)"] = (
+            stepper(models["bf16"].parameters(), configure(models["bf16"], True, bf16=True, softmax="trie").calculate_loss),
+            True,
         )
     if not args.no_text_vocab:
         baseline = text_vocab_t5(model).train()
-        runs[f"T5ForConditionalGeneration, {TEXT_VOCAB} vocab"] = stepper(
-            baseline.parameters(), lambda b: loss_text_vocab(model, baseline, b)
+        runs[f"T5ForConditionalGeneration, {TEXT_VOCAB} vocab"] = (
+            stepper(baseline.parameters(), lambda b: loss_text_vocab(model, baseline, b)), False
         )
-    for run in runs.values():  # warm-up
-        run(batches[0])
     best: dict[str, float] = {}
     for _ in range(args.repeats):
-        for name, run in runs.items():
-            start = clock()
-            for batch in batches:
-                run(batch)
-            best[name] = min(best.get(name, float("inf")), clock() - start)
+        for name, (run, reuse) in runs.items():
+            best[name] = min(best.get(name, float("inf")), time_in_child(run, reuse, batches))
 
     n = sum(len(b) for b in batches)
     rows = [
-        {"method": name, "samples_per_cpu_s": round(n / seconds, 1), "speedup_vs_before": round(best[BEFORE] / seconds, 2)}
+        {"method": name, "freed_memory_reused": runs[name][1], "samples_per_cpu_s": round(n / seconds, 1),
+         "speedup_vs_before": round(best[BEFORE] / seconds, 2)}
         for name, seconds in best.items()
     ]
     shape = (f"T5 {model.t5.config.num_layers}+{model.t5.config.num_decoder_layers} layers d{model.t5.config.d_model}, "
              f"{model.t5.config.num_heads}x{model.t5.config.d_kv} heads, d_ff {model.t5.config.d_ff}")
     print(f"\nTraining {args.steps} steps x batch {args.batch}, history {args.history} items x {args.levels} codes, "
           f"{shape}, {args.threads} thread(s), AdamW, dropout {model.t5.config.dropout_rate}; best of {args.repeats}\n")
-    print("| method | samples / CPU-s | vs before |")
-    print("|---|---|---|")
+    print("| method | freed memory reused | samples / CPU-s | vs before |")
+    print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['samples_per_cpu_s']} | {r['speedup_vs_before']:.2f}x |")
+        reused = "yes" if r["freed_memory_reused"] else "no"
+        print(f"| {r['method']} | {reused} | {r['samples_per_cpu_s']} | {r['speedup_vs_before']:.2f}x |")
 
     curve_batches = [b for b in train_data if len(b) >= args.curve_batch]
     curve_batches = [b[: args.curve_batch] for b in curve_batches][: args.curve_steps]

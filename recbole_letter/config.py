@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from recbole_letter import compat
+from recbole_letter.cpu_memory import reuse_freed_memory
 from recbole_letter.data.bundled import check_inter_columns, resolve_dataset_dir
 
 PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
@@ -136,6 +137,8 @@ def build_config(
         import torch
 
         torch.set_num_threads(int(threads))
+    if config["cpu_reuse_freed_memory"]:
+        reuse_freed_memory(True)
     return config
 
 

@@ -76,6 +76,25 @@ def test_keep_mask_rate_and_seeding(p):
     assert torch.equal(t5_fast.keep_mask((400, 500), p, torch.device("cpu")), mask)
 
 
+def test_relu_dropout_in_place_forward_and_backward_use_one_mask():
+    """The feed-forward's fused ReLU + dropout: output relu(x) on kept entries, zero elsewhere;
+    the gradient flows exactly where the output is kept and positive (drop mask from the same
+    seed), with no stored mask."""
+    x = torch.randn(64, 50)
+    upstream = torch.randn(64, 50)
+    torch.manual_seed(5)
+    dropped = t5_fast.drop_mask(x.shape, 0.3, x.device)
+    assert 0.25 < dropped.float().mean().item() < 0.35
+    keep = (~dropped).float()
+
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(5)
+    out = t5_fast._ReluDropoutInPlace.apply(leaf * 1.0, 0.3)  # in place on a non-leaf, as wi's output is
+    out.backward(upstream)
+    torch.testing.assert_close(out.detach(), torch.relu(x) * keep)
+    torch.testing.assert_close(leaf.grad, upstream * keep * (x > 0).float())
+
+
 def test_training_dropout_matches_hf_in_distribution():
     """Dropout on: the fast forward is stochastic like HF's, with the same mean output (the
     1/(1-p) rescaling) and a spread of the same size."""

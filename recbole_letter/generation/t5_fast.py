@@ -18,11 +18,15 @@ the beam stepper are unchanged) and removes that overhead where it does not chan
   16-bit uniforms, the 0/1 mask multiplies in the activations' dtype (a same-dtype product
   vectorises; ``torch.where`` and bool products measured no faster than ``nn.Dropout``), the
   1/(1-p) rescaling is folded into the next residual add, and the feed-forward's ReLU and
-  dropout are one mask. The drop probability is
-  quantised to 1/65536 (0.1 -> 0.100006); masks differ from ``nn.Dropout``'s draws, so training
-  runs match HF's in distribution, not bitwise (``benchmarks/train_speed.py`` compares loss
-  curves);
-* q/k/v (and cross-attention k/v) as one matrix product each.
+  dropout are one in-place pass whose backward needs no stored mask (:class:`_ReluDropoutInPlace`);
+  the attention-probability dropout's rescaling moves into the residual add as well. The drop
+  probability is quantised to 1/65536 (0.1 -> 0.100006); masks differ from ``nn.Dropout``'s
+  draws, so training runs match HF's in distribution, not bitwise (``benchmarks/train_speed.py``
+  compares loss curves);
+* **cross-attention on the decoder's few rows.** HF projects all 80 encoder states to keys and
+  values in every decoder layer; regrouping the same products around the 5 decoder positions
+  (:func:`_cross_attend`) does ~7x fewer multiply-adds there;
+* q, k and v as three products (a fused product's split costs a gradient concatenation).
 
 With dropout off (``model.eval()``) the logits equal HF's to float rounding (tested).
 ``bf16=True`` runs the matrix products under CPU bfloat16 autocast (AMX / AVX512-BF16 CPUs);
@@ -43,13 +47,26 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.T
     Four 16-bit uniforms per 64-bit draw of torch's default generator (so ``torch.manual_seed``
     governs it), compared against a threshold: ~4x fewer generator calls than ``bernoulli_``.
     """
+    return _uniform16(shape, device) >= _threshold16(p)
+
+
+def drop_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """The complement of :func:`keep_mask` (``True`` = dropped), drawn the same way."""
+    return _uniform16(shape, device) < _threshold16(p)
+
+
+def _uniform16(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """int16 tensor of ``shape``, uniform on [-32768, 32767]: four values per 64-bit draw."""
     n = 1
     for size in shape:
         n *= size
     words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
-    uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
-    threshold = round(p * _UINT16) - _UINT16 // 2
-    return uniform16 >= threshold
+    return words.view(torch.int16)[:n].view(shape)
+
+
+def _threshold16(p: float) -> int:
+    """int16 value below which a :func:`_uniform16` entry falls with probability ``p``."""
+    return round(p * _UINT16) - _UINT16 // 2
 
 
 class _Dropout:
@@ -66,11 +83,15 @@ class _Dropout:
             return x
         return x * keep_mask(x.shape, self.p, x.device).to(x.dtype)
 
-    def add(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``residual + dropout(x)`` with the rescaling folded into the add."""
+    def add(self, residual: torch.Tensor, x: torch.Tensor, inner_dropouts: int = 0) -> torch.Tensor:
+        """``residual + dropout(x)`` with the rescaling folded into the add.
+
+        ``inner_dropouts``: how many dropouts inside ``x`` were left unscaled (each is a factor
+        1/(1-p) through linear maps, applied here once instead of on its larger tensor).
+        """
         if not self.active:
             return residual + x
-        return torch.add(residual, self.masked(x), alpha=self.scale)
+        return torch.add(residual, self.masked(x), alpha=self.scale ** (1 + inner_dropouts))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.masked(x) * self.scale if self.active else x
@@ -85,26 +106,88 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     """T5 attention (no 1/sqrt(d) scaling): softmax(q k^T + bias) v, probabilities dropped out.
 
     Returns ``[B, S, H*D]``. Without dropout this is SDPA (its fused CPU kernel); with dropout,
-    an explicit softmax whose dropped probabilities are rescaled after the product with ``v``
-    (a smaller tensor than the ``[B, H, S, S]`` probabilities).
+    an explicit softmax whose dropped probabilities are NOT rescaled: the caller folds the
+    1/(1-p) into its residual add (``_Dropout.add(..., inner_dropouts=1)``), which is linear
+    through ``v`` and the output projection and saves a pass over the output.
     """
     if not drop.active:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
     else:
         probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, dim=-1)
-        out = torch.matmul(drop.masked(probs), v) * drop.scale
+        out = torch.matmul(drop.masked(probs), v)
     return out.transpose(1, 2).flatten(2)
 
 
+def _self_attend(att, normed: torch.Tensor, bias: torch.Tensor, drop: _Dropout, n_heads: int) -> torch.Tensor:
+    """Self-attention of one T5 layer on its normalised input, ``[B, S, H*D]`` before ``o``.
+
+    q, k and v are three products rather than one on concatenated weights: the split of a fused
+    output costs a concatenation of the three gradients in the backward pass, which measured
+    dearer than the two extra (small) matrix products it saves.
+    """
+    q, k, v = (_heads(proj(normed), n_heads) for proj in (att.q, att.k, att.v))
+    return _attend(q, k, v, bias, drop)
+
+
+def _cross_attend(
+    att, normed: torch.Tensor, encoded: torch.Tensor, bias: torch.Tensor, drop: _Dropout, n_heads: int
+) -> torch.Tensor:
+    """Cross-attention ``[B, T, H*D]`` (before ``o``) without projecting the encoder states.
+
+    The decoder reads T = levels + 1 positions, the encoder gives S = 80: projecting every
+    encoder state to keys and values (HF: ``k(encoded)``, ``v(encoded)``) costs S x d_model x
+    2HD per sequence, most of a decoder layer. Regrouping the same products,
+    ``(q_h W_k,h) encoded^T`` for the scores and ``(p_h encoded) W_v,h^T`` for the output, does
+    the work on the T query rows instead (~7x fewer multiply-adds at the paper shape). Same
+    math; only the float rounding order differs.
+    """
+    batch, length, _ = normed.shape
+    d_kv = att.key_value_proj_dim
+    w_k = att.k.weight.view(n_heads, d_kv, -1)  # [H, D, d_model]
+    w_v = att.v.weight.view(n_heads, d_kv, -1)
+    q = att.q(normed).view(batch * length, n_heads, d_kv).transpose(0, 1)  # [H, B*T, D]
+    q_k = torch.bmm(q, w_k)  # [H, B*T, d_model]: the query in encoder-state space
+    q_k = q_k.view(n_heads, batch, length, -1).permute(1, 0, 2, 3).reshape(batch, n_heads * length, -1)
+    scores = torch.bmm(q_k, encoded.transpose(1, 2)).view(batch, n_heads, length, -1) + bias
+    probs = drop.masked(torch.softmax(scores, dim=-1))
+    mixed = torch.bmm(probs.view(batch, n_heads * length, -1), encoded)  # [B, H*T, d_model]
+    mixed = mixed.view(batch, n_heads, length, -1).permute(1, 0, 2, 3).reshape(n_heads, batch * length, -1)
+    out = torch.bmm(mixed, w_v.transpose(1, 2))  # [H, B*T, D], dropout not rescaled (as _attend)
+    return out.view(n_heads, batch, length, d_kv).permute(1, 2, 0, 3).reshape(batch, length, n_heads * d_kv)
+
+
+class _ReluDropoutInPlace(torch.autograd.Function):
+    """``relu`` then unscaled dropout, in place on the feed-forward's first product.
+
+    The ``[B, S, d_ff]`` product is the largest activation of a step (8x d_model at the paper
+    shape), so every pass over it counts. Overwriting it (nothing else reads ``wi``'s output)
+    with ``relu`` and zeroing the dropped entries saves allocating a mask-sized float tensor and
+    a product. The backward pass needs no mask either: the output is zero exactly where the
+    gradient must be (dropped, or not above zero), which ``threshold_backward`` reads from the
+    output that ``wo`` keeps for its own backward anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, inner: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        out = inner.relu_()
+        out.masked_fill_(drop_mask(out.shape, p, out.device), 0)
+        ctx.mark_dirty(inner)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
+
+
 def _feed_forward(layer, hidden: torch.Tensor, drop: _Dropout) -> torch.Tensor:
-    """``hidden + dropout(wo(dropout(relu(wi(norm(hidden))))))``: ReLU and dropout as one mask."""
+    """``hidden + dropout(wo(dropout(relu(wi(norm(hidden))))))``: ReLU and dropout in one pass."""
     dense = layer.DenseReluDense
     inner = dense.wi(layer.layer_norm(hidden))
     if drop.active:
-        with torch.no_grad():
-            keep = (keep_mask(inner.shape, drop.p, inner.device) & (inner > 0)).to(inner.dtype)
-        inner = inner * keep
-        return torch.add(hidden, drop.masked(dense.wo(inner)), alpha=drop.scale * drop.scale)
+        inner = _ReluDropoutInPlace.apply(inner, drop.p)
+        return drop.add(hidden, dense.wo(inner), inner_dropouts=1)
     return hidden + dense.wo(torch.relu(inner))
 
 
@@ -142,9 +225,7 @@ def encode(
     for block in encoder.block:
         sa_layer = block.layer[0]
         att = sa_layer.SelfAttention
-        qkv = F.linear(sa_layer.layer_norm(hidden), torch.cat([att.q.weight, att.k.weight, att.v.weight]))
-        q, k, v = (_heads(x, n_heads) for x in qkv.chunk(3, dim=-1))
-        hidden = drop.add(hidden, att.o(_attend(q, k, v, bias, drop)))
+        hidden = drop.add(hidden, att.o(_self_attend(att, sa_layer.layer_norm(hidden), bias, drop, n_heads)), 1)
         hidden = _feed_forward(block.layer[-1], hidden, drop)
     return drop(encoder.final_layer_norm(hidden))
 
@@ -170,15 +251,10 @@ def decode_logits(
     for block in decoder.block:
         sa_layer, ca_layer = block.layer[0], block.layer[1]
         att = sa_layer.SelfAttention
-        qkv = F.linear(sa_layer.layer_norm(hidden), torch.cat([att.q.weight, att.k.weight, att.v.weight]))
-        q, k, v = (_heads(x, n_heads) for x in qkv.chunk(3, dim=-1))
-        hidden = drop.add(hidden, att.o(_attend(q, k, v, self_bias, drop)))
-
+        hidden = drop.add(hidden, att.o(_self_attend(att, sa_layer.layer_norm(hidden), self_bias, drop, n_heads)), 1)
         att = ca_layer.EncDecAttention
-        q = _heads(att.q(ca_layer.layer_norm(hidden)), n_heads)
-        kv = F.linear(encoded, torch.cat([att.k.weight, att.v.weight]))
-        k, v = (_heads(x, n_heads) for x in kv.chunk(2, dim=-1))
-        hidden = drop.add(hidden, att.o(_attend(q, k, v, cross_bias, drop)))
+        normed = ca_layer.layer_norm(hidden)
+        hidden = drop.add(hidden, att.o(_cross_attend(att, normed, encoded, cross_bias, drop, n_heads)), 1)
         hidden = _feed_forward(block.layer[-1], hidden, drop)
     hidden = drop(decoder.final_layer_norm(hidden))
     if t5.config.tie_word_embeddings and t5.config.scale_decoder_outputs:
