@@ -143,6 +143,13 @@ def data_baselines(train_dataset: Any, valid: dict, test: dict, n_items: int) ->
             "test item later than valid item": _rounded(ranks[~tied]),
         }
     out["same_input"] = same_input
+    popularity = {}
+    for target_name, split in (("valid target (n-1)", valid), ("test target (n)", test)):
+        train_counts = counts[split["target"].numpy()]
+        popularity[target_name] = {"all": float(np.median(train_counts)),
+                                   "test item tied with valid item": float(np.median(train_counts[tied])) if tied.any() else None,
+                                   "test item later than valid item": float(np.median(train_counts[~tied])) if (~tied).any() else None}
+    out["median training users per target item"] = popularity
     out["share of users whose test item shares the valid item's timestamp"] = round(float(tied.mean()), 4)
     return out
 
@@ -246,6 +253,11 @@ def markdown(result: dict[str, Any]) -> str:
         for target, row in targets.items():
             cells = (row["all"], row["test item tied with valid item"], row["test item later than valid item"])
             lines.append(f"| {target} | " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Median number of training users of the target items:", "",
+              "| target | all users | test item tied with valid item | test item later |", "|---|---|---|---|"]
+    for target, row in result["data_baselines"]["median training users per target item"].items():
+        cells = (row["all"], row["test item tied with valid item"], row["test item later than valid item"])
+        lines.append(f"| {target} | " + " | ".join("n/a" if c is None else f"{c:.0f}" for c in cells) + " |")
     for label, diag in result["checkpoints"].items():
         lines += ["", f"### {label}", "", "| input | valid NDCG@10 | test NDCG@10 | test/valid |", "|---|---|---|---|"]
         for how, row in diag.items():
