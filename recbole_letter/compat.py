@@ -245,6 +245,33 @@ def checkpoint_marker(data: dict | None) -> dict:
     return {"format": CHECKPOINT_FORMAT, "writer": "recbole_letter", "data": data}
 
 
+def claim_checkpoint_file(path: str | os.PathLike) -> str:
+    """Create ``path`` empty and exclusively, or the first free ``<stem>-<n><suffix>`` next to it.
+
+    RecBole names a run's checkpoint ``<model>-<local time to the second>.pth``, so two runs of
+    one model started in the same second in one ``checkpoint_dir`` (``benchmarks/quality.py
+    --jobs``, parallel tuning trials, two shells) got the same file, and each tested whichever
+    weights were written last: measured in the ml-100k converged comparison, where the tau 0.7
+    row was tested on the tau 1.0 row's checkpoint. ``O_EXCL`` makes the claim atomic across
+    processes; the caller then writes its checkpoint over the empty file it owns.
+    """
+    path = Path(path)
+    candidate, n = path, 0
+    while True:
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+            continue
+        if candidate != path:
+            logging.getLogger("recbole_letter").warning(
+                "checkpoint %s already exists (another run of the same model started in the same second); "
+                "this run saves to %s", path, candidate,
+            )
+        return str(candidate)
+
+
 @functools.lru_cache(maxsize=None)
 def trusted_checkpoint_trainer(base: type) -> type:
     """Subclass a RecBole Trainer class so its checkpoints carry our marker and reload on torch >= 2.6.
@@ -260,6 +287,8 @@ def trusted_checkpoint_trainer(base: type) -> type:
 
     class _TrustedCheckpointTrainer(base):  # type: ignore[misc, valid-type]
         _checkpoint_data: dict | None = None
+        # Set once this trainer owns ``saved_model_file`` (claimed at its first save, or resumed from).
+        _owns_checkpoint_file: bool = False
 
         def fit(self, train_data, *args, **kwargs):  # noqa: D401 - RecBole signature
             self._checkpoint_data = dataset_identity(train_data._dataset)
@@ -273,7 +302,13 @@ def trusted_checkpoint_trainer(base: type) -> type:
 
                 if not self.config["single_spec"] and self.config["local_rank"] != 0:
                     return
-                saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+                saved_model_file = kwargs.pop("saved_model_file", None)
+                claimed_now = False
+                if saved_model_file is None:
+                    if not self._owns_checkpoint_file:  # first save: never overwrite another run's file
+                        self.saved_model_file = claim_checkpoint_file(self.saved_model_file)
+                        self._owns_checkpoint_file = claimed_now = True
+                    saved_model_file = self.saved_model_file
                 state = {
                     "config": self.config,
                     "epoch": epoch,
@@ -295,6 +330,9 @@ def trusted_checkpoint_trainer(base: type) -> type:
                     os.replace(tmp, saved_model_file)
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)
+                    if claimed_now:  # nothing was saved: give back the empty file we claimed
+                        Path(saved_model_file).unlink(missing_ok=True)
+                        self._owns_checkpoint_file = False
                     raise
                 if verbose:
                     self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
@@ -302,6 +340,7 @@ def trusted_checkpoint_trainer(base: type) -> type:
         def resume_checkpoint(self, resume_file):  # noqa: D401 - RecBole signature
             checkpoint = load_trusted_checkpoint(resume_file, self.device)
             self.saved_model_file = str(resume_file)
+            self._owns_checkpoint_file = True  # continuing that run: keep writing its file
             self.start_epoch = checkpoint["epoch"] + 1
             self.cur_step = checkpoint["cur_step"]
             self.best_valid_score = checkpoint["best_valid_score"]

@@ -51,6 +51,12 @@ def cold_start() -> Iterator[ModuleType]:
     yield from _benchmark_script("cold_start")
 
 
+@pytest.fixture(scope="module")
+def valid_test_gap() -> Iterator[ModuleType]:
+    """``benchmarks/valid_test_gap.py`` as a module."""
+    yield from _benchmark_script("valid_test_gap")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Two cores are shared by several processes: more than one thread is slower, not faster."""

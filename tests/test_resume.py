@@ -96,3 +96,27 @@ def test_checkpoint_write_is_atomic(tiny_seq_dataset, workdir: Path, monkeypatch
         trainer._save_checkpoint(1)
     assert Path(trainer.saved_model_file).read_bytes() == before
     assert [p.name for p in (workdir / "ckpt").iterdir()] == [Path(trainer.saved_model_file).name]
+
+
+def test_runs_started_in_the_same_second_keep_their_own_checkpoints(tiny_seq_dataset, workdir: Path) -> None:
+    """RecBole names checkpoints ``<model>-<time to the second>.pth``: two runs of one model started
+    together in one checkpoint_dir (quality.py --jobs) wrote one file, and each was tested on the
+    weights saved last. Each trainer now claims its own file at its first save."""
+    root = tiny_seq_dataset("tiny", n_users=40, n_items=25)
+    first, *_ = _trainer(root, workdir / "ckpt")
+    second, *_ = _trainer(root, workdir / "ckpt")
+    second.saved_model_file = first.saved_model_file  # what RecBole gives two runs in one second
+    with torch.no_grad():
+        for param in second.model.parameters():
+            param.add_(1.0)
+    first._save_checkpoint(0)
+    second._save_checkpoint(0)
+    first._save_checkpoint(1)  # a later best of the first run goes to the first run's file
+
+    assert first.saved_model_file != second.saved_model_file
+    assert sorted(p.name for p in (workdir / "ckpt").iterdir()) == sorted(
+        Path(t.saved_model_file).name for t in (first, second)
+    )
+    for trainer in (first, second):
+        saved = load_trusted_checkpoint(trainer.saved_model_file)["state_dict"]
+        assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
