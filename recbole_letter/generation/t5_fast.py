@@ -113,7 +113,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     if not drop.active:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
     else:
-        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, dim=-1)
+        batch, n_heads, length, _ = q.shape
+        # One copy of k into head-major order, then BLAS reads it transposed (copying the
+        # transposed view is slower); the bias is added by the product itself (baddbmm).
+        keys_t = k.contiguous().flatten(0, 1).transpose(1, 2)
+        scores = torch.baddbmm(bias.expand(batch, n_heads, length, -1).reshape(batch * n_heads, length, -1),
+                               q.reshape(batch * n_heads, length, -1), keys_t)
+        probs = torch.softmax(scores.view(batch, n_heads, length, -1), dim=-1)
         out = torch.matmul(drop.masked(probs), v)
     return out.transpose(1, 2).flatten(2)
 
@@ -156,6 +162,37 @@ def _cross_attend(
     return out.view(n_heads, batch, length, d_kv).permute(1, 2, 0, 3).reshape(batch, length, n_heads * d_kv)
 
 
+class _RMSNorm(torch.autograd.Function):
+    """T5's RMS norm ``w * x / sqrt(mean(x^2) + eps)`` with a hand-written backward.
+
+    HF's ``T5LayerNorm`` is five element-wise ops whose autograd backward makes about twice as
+    many passes over ``[B, S, d_model]``; this one keeps ``x`` and the per-row ``1/rms`` and
+    derives both gradients in a few passes (~25% less time per norm, 9 norms per encoder pass).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        inv_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, inv_rms)
+        return x * inv_rms * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight, inv_rms = ctx.saved_tensors
+        normed = x * inv_rms
+        grad_normed = grad * weight
+        grad_weight = (grad * normed).reshape(-1, x.shape[-1]).sum(0)
+        grad_x = inv_rms * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+        return grad_x, grad_weight, None
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a ``T5LayerNorm``; fp32 outside autocast takes :class:`_RMSNorm`."""
+    if x.dtype != torch.float32 or norm.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return norm(x)
+    return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon)
+
+
 class _ReluDropoutInPlace(torch.autograd.Function):
     """``relu`` then unscaled dropout, in place on the feed-forward's first product.
 
@@ -181,14 +218,30 @@ class _ReluDropoutInPlace(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
-def _feed_forward(layer, hidden: torch.Tensor, drop: _Dropout) -> torch.Tensor:
-    """``hidden + dropout(wo(dropout(relu(wi(norm(hidden))))))``: ReLU and dropout in one pass."""
+def _feed_forward(layer, hidden: torch.Tensor, drop: _Dropout, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``hidden + dropout(wo(dropout(relu(wi(norm(hidden))))))``: ReLU and dropout in one pass.
+
+    ``rows`` (flat indices of the real, non-padding positions) runs the feed-forward on those
+    positions only. It is position-wise and a padding position's state is never read by a real
+    one (padding keys are masked in self-attention, padding encoder states in cross-attention),
+    so every real output and gradient is unchanged while the largest products of the layer skip
+    the padding (~9% of ml-100k's training positions at 20 history items, most of them on
+    Amazon data with short histories).
+    """
+    if rows is None:
+        return drop.add(hidden, _feed_forward_branch(layer, hidden, drop), inner_dropouts=1)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    branch = drop.masked(_feed_forward_branch(layer, flat.index_select(0, rows), drop)).to(flat.dtype)  # bf16 autocast
+    return flat.index_add(0, rows, branch, alpha=drop.scale * drop.scale).view_as(hidden)
+
+
+def _feed_forward_branch(layer, hidden: torch.Tensor, drop: _Dropout) -> torch.Tensor:
+    """``wo(dropout(relu(wi(norm(hidden)))))`` with that dropout left unscaled (see ``_Dropout.add``)."""
     dense = layer.DenseReluDense
-    inner = dense.wi(layer.layer_norm(hidden))
+    inner = dense.wi(_rms_norm(layer.layer_norm, hidden))
     if drop.active:
-        inner = _ReluDropoutInPlace.apply(inner, drop.p)
-        return drop.add(hidden, dense.wo(inner), inner_dropouts=1)
-    return hidden + dense.wo(torch.relu(inner))
+        return dense.wo(_ReluDropoutInPlace.apply(inner, drop.p))
+    return dense.wo(torch.relu(inner))
 
 
 def _padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -222,12 +275,14 @@ def encode(
     first = encoder.block[0].layer[0].SelfAttention
     bias = first.compute_bias(length, length, device=hidden.device) + _padding_bias(attention_mask, hidden.dtype)
     n_heads = t5.config.num_heads
+    real = attention_mask.reshape(-1).bool()
+    rows = None if bool(real.all()) else real.nonzero().squeeze(1)
     for block in encoder.block:
         sa_layer = block.layer[0]
         att = sa_layer.SelfAttention
-        hidden = drop.add(hidden, att.o(_self_attend(att, sa_layer.layer_norm(hidden), bias, drop, n_heads)), 1)
-        hidden = _feed_forward(block.layer[-1], hidden, drop)
-    return drop(encoder.final_layer_norm(hidden))
+        hidden = drop.add(hidden, att.o(_self_attend(att, _rms_norm(sa_layer.layer_norm, hidden), bias, drop, n_heads)), 1)
+        hidden = _feed_forward(block.layer[-1], hidden, drop, rows)
+    return drop(_rms_norm(encoder.final_layer_norm, hidden))
 
 
 def decode_logits(
@@ -251,12 +306,12 @@ def decode_logits(
     for block in decoder.block:
         sa_layer, ca_layer = block.layer[0], block.layer[1]
         att = sa_layer.SelfAttention
-        hidden = drop.add(hidden, att.o(_self_attend(att, sa_layer.layer_norm(hidden), self_bias, drop, n_heads)), 1)
+        hidden = drop.add(hidden, att.o(_self_attend(att, _rms_norm(sa_layer.layer_norm, hidden), self_bias, drop, n_heads)), 1)
         att = ca_layer.EncDecAttention
-        normed = ca_layer.layer_norm(hidden)
+        normed = _rms_norm(ca_layer.layer_norm, hidden)
         hidden = drop.add(hidden, att.o(_cross_attend(att, normed, encoded, cross_bias, drop, n_heads)), 1)
         hidden = _feed_forward(block.layer[-1], hidden, drop)
-    hidden = drop(decoder.final_layer_norm(hidden))
+    hidden = drop(_rms_norm(decoder.final_layer_norm, hidden))
     if t5.config.tie_word_embeddings and t5.config.scale_decoder_outputs:
         hidden = hidden * (t5.config.d_model**-0.5)
     return t5.lm_head(hidden)
