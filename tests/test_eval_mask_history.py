@@ -123,7 +123,7 @@ def test_a_repeated_target_stays_rankable(workdir):
         assert _masked_tokens(ranked, dataset) == set(expected[user]["test"]) - {target_token}
 
 
-def test_tiger_beam_history_items_are_masked_through_the_generative_trainer(tiny_seq_dataset, workdir):
+def test_tiger_beam_history_items_are_masked_through_the_generative_trainer(tiny_seq_dataset, workdir, caplog):
     """TIGER's beam (scores for its items, -inf elsewhere) recommends history items; with the
     option on they are -inf in what the GenerativeTrainer ranks, and never without it."""
     root = tiny_seq_dataset()
@@ -145,6 +145,14 @@ def test_tiger_beam_history_items_are_masked_through_the_generative_trainer(tiny
                 else:
                     assert torch.equal(kept, torch.isfinite(raw[history]))
             assert recommended_history > 0  # the beam did put history items forward
+        # the trainer says when the mask left users short of max(topk) ranked items (20 here: all are)
+        with caplog.at_level(logging.WARNING):
+            caplog.clear()
+            trainer.evaluate(test, load_best_model=False)
+        short = [r.getMessage() for r in caplog.records if "after the history mask" in r.getMessage()]
+        assert len(short) == (1 if on else 0)
+        if on:
+            assert short[0].startswith(f"{len(expected)} of {len(expected)} users") and "beam_size=20" in short[0]
 
 
 def test_runner_records_the_protocol_pop_is_unchanged_and_checkpoints_keep_it(
