@@ -20,6 +20,7 @@ from recbole_letter import cli
 from recbole_letter.compat import load_data_and_model
 from recbole_letter.history_mask import MASKED, UNMASKED, history_protocol, mask_history
 from recbole_letter.quick_start import build_config, results_table, run_models
+from recbole_letter.seeding import capture_rng_state, restore_rng_state
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable
 from decoding import unique_table
 
@@ -38,6 +39,16 @@ SMALL = {
     "state": "ERROR",
 }
 SMALL_T5 = {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 32, "num_heads": 2, "d_kv": 16, "d_ff": 64}
+
+
+@pytest.fixture(autouse=True)
+def _leave_global_rng_as_found():
+    """These tests build models and reseed (the runner's init_seed); later test files that draw
+    initial weights from the global RNG (test_lcrec's learning test) then see the state they saw
+    before this file existed."""
+    state = capture_rng_state()
+    yield
+    restore_rng_state(state)
 
 
 def _earlier_items(root: Path, name: str = "tiny") -> dict[str, dict[str, list[str]]]:
