@@ -430,6 +430,9 @@ def load_data_and_model(
     dataset = create_dataset(config)
     check_same_dataset(checkpoint.get(CHECKPOINT_MARKER), dataset, model_file)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    from recbole_letter.history_mask import mask_history
+
+    mask_history(config, train_data, valid_data, test_data)  # evaluate under the protocol it was trained with
 
     init_seed(config["seed"], config["reproducibility"])
     model_class = getattr(config, "model_class", None)

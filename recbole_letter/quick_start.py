@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from recbole_letter.atomic import atomic_open, write_json_atomic
 from recbole_letter.config import build_config as build_model_config
+from recbole_letter.history_mask import MASKED, UNMASKED, history_protocol, mask_history
 from recbole_letter.registry import ModelSpec, resolve_model
 from recbole_letter.stages import resolve_stages
 from recbole_letter.tables import format_cell, markdown_table
@@ -88,6 +89,8 @@ def run_recbole_letter(
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    # eval_mask_history: sequential models' rankings leave out earlier items, as general ones' do
+    mask_history(config, train_data, valid_data, test_data)
     # Stages (semantic IDs...) first: building the model then trains nothing and gets them via config.
     # Under torch.distributed rank 0 fills the stage cache while the others wait, then they read it.
     if config["single_spec"]:
@@ -142,6 +145,7 @@ def run_recbole_letter(
         "epochs": epochs,
         "seconds_per_epoch": round(fit_seconds / epochs, 2) if epochs else None,
         "split": _split_fingerprint(valid_data._dataset, test_data._dataset),
+        "protocol": history_protocol(test_data),
         **({"stopped_by_callback": stopped_early_by} if stopped_early_by else {}),
         "checkpoint": getattr(trainer, "saved_model_file", None) if saved else None,
         **({"outputs": outputs} if outputs else {}),
@@ -177,19 +181,23 @@ def _floats(result: Any) -> dict[str, Any]:
 
 
 def results_table(results: Sequence[dict[str, Any]], split: str = "test_result") -> str:
-    """One markdown table: a row per model, a column per metric (union over models)."""
+    """One markdown table: a row per model, a column per metric (union over models), and a
+    ``history`` column saying whether the ranking left out the user's earlier items (RecBole does for
+    general models; sequential ones only under ``eval_mask_history``), so the two protocols never mix
+    unseen."""
     columns: list[str] = []
     for res in results:
         for key in res.get(split) or {}:
             if key not in columns:
                 columns.append(key)
     failed = any(res.get("error") for res in results)
-    header = ["model", *columns, "epochs", "s/epoch"] + (["error"] if failed else [])
+    header = ["model", *columns, "history", "epochs", "s/epoch"] + (["error"] if failed else [])
     rows = []
     for res in results:
         values = res.get(split) or {}
         seconds = res.get("seconds_per_epoch")
-        cells = [res.get("label") or res["model"], *(values.get(col) for col in columns), res.get("epochs")]
+        history = {MASKED: "masked", UNMASKED: "not masked"}.get(res.get("protocol"), "")
+        cells = [res.get("label") or res["model"], *(values.get(col) for col in columns), history, res.get("epochs")]
         cells.append(None if seconds is None else f"{seconds:.1f}")
         if failed:
             cells.append(format_cell(res.get("error", ""), max_chars=200))
@@ -242,6 +250,11 @@ def run_models(
     splits = {r["split"] for r in results if "split" in r}
     if len(splits) > 1:
         LOGGER.warning("models ran on different data splits %s: their rows are not comparable", splits)
+    if len({r["protocol"] for r in results if r.get("protocol")}) > 1:
+        LOGGER.warning(
+            "rows differ in the 'history' column: RecBole masks a user's earlier items for general models "
+            "(Pop) but not for sequential ones. Fix: --eval_mask_history=True evaluates every row the same way."
+        )
     return results, written
 
 

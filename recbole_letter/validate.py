@@ -14,7 +14,8 @@ What is checked, and why each is cheap enough to do up front:
   so ``--learning_rate=abc`` is an error instead of a string that breaks an optimizer later.
 * **Ranges and choices** of every value that matters (positive sizes and epochs, learning rates,
   probabilities, ``tau``, scheduler / learner / logging-level names), and relations between
-  keys (``beam_size >= max(topk)``, ``inverse_sqrt`` needs warm-up, a complete ``eval_args``).
+  keys (``beam_size >= max(topk)``, ``inverse_sqrt`` needs warm-up, a complete ``eval_args``,
+  ``eval_mask_history`` only with full-sort evaluation).
 * **Files**: the ``.inter`` file (and ``.item`` / ``.user`` when they will be read) line by line
   -- typed header, field count per row, encoding, required fields present and numeric -- and
   whether enough users have enough interactions for the leave-one-out split; embedding ``.npy``
@@ -429,6 +430,14 @@ def _check_relations(
         _check_feed_forward_proj(proj)
     if "eval_args" in user_keys:
         _check_eval_args(_user_value("eval_args", overrides, user_files), overrides, user_files)
+    if final.get("eval_mask_history"):
+        mode = (final.get("eval_args") or {}).get("mode")
+        sampled = [m for m in (mode.values() if isinstance(mode, dict) else [mode]) if str(m).lower() != "full"]
+        if sampled:
+            raise InputError(
+                f"eval_mask_history=True masks a full-sort ranking, but eval_args mode {mode} samples negatives "
+                f"({sampled[0]}). Fix: eval_args mode: full, or --eval_mask_history=False."
+            )
 
 
 def _check_feed_forward_proj(proj: Any) -> None:

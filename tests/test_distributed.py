@@ -3,7 +3,8 @@
 What is checked: RecBole's multi-process Config starts a gloo group on CPU (RecBole alone asks for
 NCCL and a GPU); 2 ranks see disjoint halves of the training rows; 2 ranks with the same global
 batch reach the weights of 1 process (shuffle off, no dropout: then each global batch is the same
-rows in both runs); sharded full-sort metrics equal one process's metrics of the same weights;
+rows in both runs); sharded full-sort metrics equal one process's metrics of the same weights
+(RecBole's protocol and ``eval_mask_history``);
 a rank that dies ends the run with an error and leaves no results file and no partial checkpoint.
 """
 from __future__ import annotations
@@ -92,7 +93,7 @@ def train_and_evaluate(local_rank: int | None, root: str, out: str, extra: dict)
     if local_rank is not None:
         config_dict["local_rank"] = local_rank
     config = Config(model=TIGER, dataset=DATASET, config_file_list=[str(TIGER_YAML)], config_dict=config_dict)
-    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
     config["semantic_id_table"] = SemanticIDTable.from_padded(unique_table(train_data._dataset.item_num - 1, 3, 8, seed=7))
     torch.manual_seed(0)  # equal initial weights everywhere (DDP also broadcasts rank 0's)
     model = TIGER(config, train_data._dataset).to(config["device"])
@@ -102,10 +103,17 @@ def train_and_evaluate(local_rank: int | None, root: str, out: str, extra: dict)
         os._exit(3)  # a crash no Python handler sees, before the first collective of training
     trainer.fit(train_data, None, saved=True)
     metrics = trainer.evaluate(test_data, load_best_model=True)
+    # the same weights ranked under eval_mask_history (the runner's hook on the loaders)
+    from recbole_letter.history_mask import mask_history
+
+    config["eval_mask_history"] = True
+    assert mask_history(config, train_data, valid_data, test_data)
+    masked = trainer.evaluate(test_data, load_best_model=False)
     shard = list(iter(train_data.sampler)) if local_rank is not None else list(range(len(train_data._dataset)))
     Path(out, f"shard{rank}.json").write_text(json.dumps(shard))
     if rank == 0:
-        torch.save({"state": model.state_dict(), "metrics": {k: float(v) for k, v in metrics.items()}}, Path(out, "rank0.pt"))
+        torch.save({"state": model.state_dict(), "metrics": {k: float(v) for k, v in metrics.items()},
+                    "masked": {k: float(v) for k, v in masked.items()}}, Path(out, "rank0.pt"))
     # No destroy_process_group: spawn_ranks ends the rank with os._exit (see distributed._rank_entry).
 
 
@@ -172,10 +180,13 @@ def test_two_ranks_match_one_process(tmp_path) -> None:
 
     # Sharded full-sort metrics (each rank ranks its half of the test users, RecBole averages them
     # weighted by rank size) equal one process ranking every user with (within float) the same weights.
-    assert set(parallel["metrics"]) == set(single["metrics"])
-    for key, value in single["metrics"].items():
-        assert parallel["metrics"][key] == pytest.approx(value, abs=1e-6), key
-    assert any(v > 0 for v in single["metrics"].values())
+    # So do they with eval_mask_history (each rank masks its own rows' earlier items).
+    for protocol in ("metrics", "masked"):
+        assert set(parallel[protocol]) == set(single[protocol])
+        for key, value in single[protocol].items():
+            assert parallel[protocol][key] == pytest.approx(value, abs=1e-6), (protocol, key)
+        assert any(v > 0 for v in single[protocol].values())
+    assert single["masked"] != single["metrics"]  # the mask changed the ranking: not the same numbers twice
 
 
 def _initial_state(root: Path) -> dict:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recbole_letter"
 
 # Lowest first. A module is matched by its dotted name below the package, longest prefix first.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("__init__", "compat", "atomic", "tables", "seeding", "distributed", "cpu_memory")),
+    ("ground", ("__init__", "compat", "atomic", "tables", "seeding", "distributed", "cpu_memory", "history_mask")),
     ("data", ("data",)),
     ("config", ("config",)),  # resolves dataset folders through data.bundled, so it sits above data
     ("stages", ("stages", "tokenization", "llm")),

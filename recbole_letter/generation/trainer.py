@@ -83,6 +83,7 @@ class GenerativeTrainer(Trainer):
         self._pending_scheduler_state: dict | None = None
         self._pending_loader_state: torch.Tensor | None = None
         self._last_valid_result: dict | None = None
+        self._short_after_mask = self._masked_rows = 0  # per evaluate(): see _full_sort_batch_eval
 
     # ----------------------------------------------------------------- checkpoints / resume
     def extra_checkpoint_state(self) -> dict[str, Any]:
@@ -107,6 +108,31 @@ class GenerativeTrainer(Trainer):
             self.best_valid_result = checkpoint["best_valid_result"]
         if checkpoint.get("rng_state") is not None:
             restore_rng_state(checkpoint["rng_state"])
+
+    # ----------------------------------------------------------------- evaluation
+    def _full_sort_batch_eval(self, batched_data):
+        """RecBole's full-sort step, counting rows a history mask left with fewer than max(topk)
+        ranked items: the mask (``eval_mask_history``) applies after the beam, so a user whose
+        ``beam_size`` items are mostly history gets the rest of the top-K from ``-inf`` ties."""
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if batched_data[1] is not None:
+            topk = self.config["topk"]
+            max_k = max(topk) if isinstance(topk, (list, tuple)) else int(topk)
+            self._short_after_mask += int((torch.isfinite(scores).sum(1) < max_k).sum())
+            self._masked_rows += len(scores)
+        return interaction, scores, positive_u, positive_i
+
+    def evaluate(self, eval_data, *args, **kwargs):
+        """RecBole's ``evaluate``; warns when the history mask left users short of max(topk) items."""
+        self._short_after_mask = self._masked_rows = 0
+        result = super().evaluate(eval_data, *args, **kwargs)
+        if self._short_after_mask:
+            self.logger.warning(
+                "%d of %d users had fewer than max(topk) ranked items after the history mask (beam_size=%d): "
+                "their last top-K slots were filled from -inf ties. Fix: raise beam_size (README: Protocol).",
+                self._short_after_mask, self._masked_rows, getattr(self.model, "beam_size", -1),
+            )
+        return result
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
