@@ -1,4 +1,4 @@
-"""cpu_memory: with reuse on, a repeated large allocation reuses pages instead of faulting them in."""
+"""cpu_memory: with reuse on, large blocks come from the heap (kept and reused) instead of fresh mappings."""
 from __future__ import annotations
 
 import platform
@@ -12,43 +12,43 @@ from recbole_letter import cpu_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Run in a fresh interpreter: the allocator setting is process-wide, and page-fault counts need a
-# process whose heap no earlier test has shaped.
+# Run in a fresh interpreter: the allocator setting is process-wide. Where a large block comes
+# from is deterministic (page-fault counts are not: this VM's kernel reclaims idle pages on its
+# own, and heap fragmentation varies run to run): glibc maps blocks above its mmap threshold
+# (at most 32 MiB) as separate regions unless reuse is on, which serves them from the [heap].
 _PROBE = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     import torch
     from recbole_letter.cpu_memory import reuse_freed_memory
 
-    torch.set_num_threads(1)
-
-    def faults_of_last_round():  # the first rounds may grow the heap before a freed block is reusable
-        for round_ in range(4):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            x = torch.ones(16 * 1024 * 1024)  # 64 MiB: above glibc's largest mmap threshold
-            del x
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    def region_of(address):
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if start <= address < end:
+                    return fields[5] if len(fields) > 5 else "anonymous"
+        return "?"
 
     applied = reuse_freed_memory(sys.argv[1] == "on")
-    print(applied, faults_of_last_round())
+    x = torch.ones(16 * 1024 * 1024)  # 64 MiB, above glibc's largest mmap threshold
+    print(applied, region_of(x.data_ptr()))
     """
 )
 
 
-def _last_round_faults(mode: str) -> tuple[str, int]:
+def _block_region(mode: str) -> tuple[str, str]:
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True)
-    applied, faults = out.stdout.split()
-    return applied, int(faults)
+    applied, region = out.stdout.split()
+    return applied, region
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's; elsewhere reuse_freed_memory reports False")
-def test_reuse_avoids_page_faults_on_the_next_large_allocation():
-    applied_on, faults_on = _last_round_faults("on")
-    applied_off, faults_off = _last_round_faults("off")
-    assert applied_on == "True" and applied_off == "True"
-    pages = 64 * 1024 * 1024 // 4096
-    assert faults_off > pages // 2, "glibc's default should map (and fault in) a fresh 64 MiB block"
-    assert faults_on < pages // 20, f"reuse on still faulted {faults_on} pages for a reused 64 MiB block"
+def test_reuse_serves_large_blocks_from_the_heap():
+    assert _block_region("on") == ("True", "[heap]")
+    applied, region = _block_region("off")
+    assert applied == "True" and region != "[heap]", "glibc's default should map a 64 MiB block on its own"
 
 
 def test_config_key_switches_it_on(monkeypatch, tiny_seq_dataset, fast_config):
