@@ -258,6 +258,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- main
 
 
+def _setup_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Setup keys on which two runs differ, wall-clock limits aside (a capped row says so itself)."""
+    keys = (set(old) | set(new)) - {"time_limits"}
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Any other --key=value is a RecBole config override for every row.")
     p.add_argument("--dataset", default="ml-100k")
@@ -345,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     previous: list[dict] = []
     if wanted and out.is_file():
         old = json.loads(out.read_text())
-        if old.get("setup") == setup:
-            previous = [r for r in old.get("results", []) if r["label"] not in wanted]
+        differs = _setup_differences(old.get("setup") or {}, setup)
+        if differs:  # the kept rows would belong to another protocol: refuse instead of dropping them
+            print(f"error: --rows keeps the other rows of {out}, but its setup differs in {', '.join(differs)}; "
+                  "rows run under another setup must not share a table. Fix: pass --out=<new file>, or rerun "
+                  "every row without --rows.", file=sys.stderr)
+            return 2
+        previous = [r for r in old.get("results", []) if r["label"] not in wanted]
     payload: dict[str, Any] = {
         "setup": setup,
         "environment": {"python": platform.python_version(), "machine": platform.machine(), **_versions()},

@@ -14,7 +14,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 
 def temp_path_beside(path: str | os.PathLike[str]) -> Path:
@@ -25,6 +25,25 @@ def temp_path_beside(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def remove_temp_files_of(pids: Iterable[int], folders: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Delete the ``*.tmp`` files that processes ``pids`` left under ``folders`` (recursively).
+
+    A process killed mid-write (SIGKILL, out of memory) cannot remove its own temp file; every
+    temp name here carries its writer's pid as a dot-separated part (:func:`temp_path_beside`,
+    the trainer's checkpoint writes), so whoever saw the process die can remove exactly its files.
+    """
+    wanted = {str(pid) for pid in pids}
+    removed = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in Path(folder).rglob("*.tmp"):
+            if wanted & set(path.name.split(".")[:-1]):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def _open_new(tmp: Path, mode: str, newline: str | None = None) -> IO[Any]:

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from recbole_letter.atomic import remove_temp_files_of
+
 
 class RankFailedError(RuntimeError):
     """A rank of a data-parallel run exited with an error, a non-zero code or a signal."""
@@ -192,6 +194,7 @@ def spawn_ranks(
     world_size: int | None = None,
     deadline_seconds: float | None = None,
     grace_seconds: float = 10.0,
+    cleanup_dirs: Sequence[str | Path] = (),
 ) -> None:
     """``torch.multiprocessing.spawn`` that never waits forever and says which rank failed.
 
@@ -200,6 +203,8 @@ def spawn_ranks(
     collectives fail once a peer is gone), then SIGTERM, then SIGKILL; :class:`RankFailedError`
     names the global rank and the cause, with its traceback when it raised. ``deadline_seconds``
     bounds the whole run (tests); past it every rank is killed and :class:`RankTimeoutError` raised.
+    Once the ranks are down after a failure, temp files they left under ``cleanup_dirs`` (a rank
+    killed in the middle of an atomic write cannot remove its own) are deleted.
     """
     import tempfile
 
@@ -227,6 +232,7 @@ def spawn_ranks(
                 how = f"was killed by {err.signal_name}"
             else:
                 how = f"exited with code {err.exit_code}"
+            remove_temp_files_of([process.pid for process in context.processes], cleanup_dirs)
             trace_file = Path(error_dir, f"rank{err.error_index}.txt")
             trace = trace_file.read_text() if trace_file.is_file() else ""
             last = trace.strip().splitlines()[-1] if trace.strip() else ""
@@ -238,6 +244,7 @@ def spawn_ranks(
             ) from None
         except BaseException:  # Ctrl-C or an error in this process: take the ranks down with us
             _kill_all(context)
+            remove_temp_files_of([process.pid for process in context.processes], cleanup_dirs)
             raise
 
 

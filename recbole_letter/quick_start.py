@@ -337,6 +337,11 @@ def run_models_distributed(
         port = store.port
         cd["ddp_hosted_store"] = True
     cd["port"] = str(port)
+    # Where rank 0 writes checkpoints (the full config cascade decides): a rank killed mid-save
+    # leaves its temp file there, which the launcher then removes.
+    # (Built as one process: a multi-process Config would try to join the process group.)
+    one_process = {k: v for k, v in cd.items() if k not in _DISTRIBUTED_KEYS}
+    checkpoint_dir = build_config(models[0], dataset, config_files, one_process)[0]["checkpoint_dir"]
     with tempfile.TemporaryDirectory(prefix="recbole_letter-results-") as handoff:
         spawn_ranks(
             _spawned_rank,
@@ -344,6 +349,7 @@ def run_models_distributed(
             nproc,
             rank_offset=offset,
             world_size=world_size,
+            cleanup_dirs=[checkpoint_dir],
         )
         del store  # ranks are gone: stop hosting the rendezvous
         returned = Path(handoff, "rank0.pkl")
@@ -351,6 +357,9 @@ def run_models_distributed(
             return [], None
         results, path = pickle.loads(returned.read_bytes())
     return results, None if path is None else Path(path)
+
+
+_DISTRIBUTED_KEYS = ("nproc", "world_size", "offset", "ip", "port", "local_rank", "ddp_hosted_store")
 
 
 def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, handoff) -> None:

@@ -130,3 +130,17 @@ def test_stop_reason_tells_converged_from_capped_rows(quality, tmp_path):
     assert quality.stop_reason({"epochs": 2, "stopped_by_callback": "time limit: x"}, {}, files, "TIGER") == "time limit: x"
     assert quality.stop_reason({"epochs": 1}, {}, files, "Pop") == "one pass"
     assert "| stopped |" in quality.table([{"label": "x", "stopped": "epoch cap"}])
+
+
+def test_rows_refuses_to_mix_setups_instead_of_dropping_rows(quality, tmp_path, capsys):
+    """--rows keeps an earlier JSON's other rows only under the same setup (wall-clock limits aside);
+    otherwise it stops before running anything and the earlier file stays as it was."""
+    assert quality._setup_differences({"a": 1, "time_limits": {"stop_by": "x"}}, {"a": 1, "time_limits": {}}) == []
+    assert quality._setup_differences({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}) == ["b", "c"]
+    out = tmp_path / "q.json"
+    earlier = {"setup": {"dataset": "ml-100k", "budget": {"epochs": 999}}, "results": [{"label": "SASRec"}]}
+    out.write_text(json.dumps(earlier))
+    code = quality.main(["--dataset=ml-100k", "--rows=Pop", f"--out={out}", f"--checkpoint_dir={tmp_path / 'saved'}"])
+    assert code == 2
+    assert "setup differs" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == earlier
