@@ -340,7 +340,7 @@ def run_models_distributed(
     # Where rank 0 writes checkpoints (the full config cascade decides): a rank killed mid-save
     # leaves its temp file there, which the launcher then removes.
     # (Built as one process: a multi-process Config would try to join the process group.)
-    one_process = {k: v for k, v in cd.items() if k not in _DISTRIBUTED_KEYS}
+    one_process = {k: v for k, v in cd.items() if k not in (*DISTRIBUTED_KEYS, "local_rank", "ddp_hosted_store")}
     checkpoint_dir = build_config(models[0], dataset, config_files, one_process)[0]["checkpoint_dir"]
     with tempfile.TemporaryDirectory(prefix="recbole_letter-results-") as handoff:
         spawn_ranks(
@@ -357,9 +357,6 @@ def run_models_distributed(
             return [], None
         results, path = pickle.loads(returned.read_bytes())
     return results, None if path is None else Path(path)
-
-
-_DISTRIBUTED_KEYS = ("nproc", "world_size", "offset", "ip", "port", "local_rank", "ddp_hosted_store")
 
 
 def _spawned_rank(local_rank, models, dataset, config_files, config_dict, saved, handoff) -> None:

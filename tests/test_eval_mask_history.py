@@ -22,22 +22,11 @@ from recbole_letter.history_mask import MASKED, UNMASKED, history_protocol, mask
 from recbole_letter.quick_start import build_config, results_table, run_models
 from recbole_letter.seeding import capture_rng_state, restore_rng_state
 from recbole_letter.tokenization.semantic_ids import SemanticIDTable
+from conftest import FAST_CONFIG
 from decoding import unique_table
 
 # A history window shorter than most users' training items, so "earlier items" is more than the input.
-SMALL = {
-    "epochs": 1,
-    "train_batch_size": 64,
-    "eval_batch_size": 256,
-    "hidden_size": 16,
-    "embedding_size": 16,
-    "inner_size": 32,
-    "n_layers": 1,
-    "n_heads": 1,
-    "MAX_ITEM_LIST_LENGTH": 3,
-    "show_progress": False,
-    "state": "ERROR",
-}
+SMALL = {**FAST_CONFIG, "MAX_ITEM_LIST_LENGTH": 3, "state": "ERROR"}
 SMALL_T5 = {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 32, "num_heads": 2, "d_kv": 16, "d_ff": 64}
 
 
